@@ -1,0 +1,96 @@
+"""Validated digests, streaming sha256 and OCI chain IDs."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from shale.errors import InvalidArgument
+
+_SHA256 = re.compile(r"^sha256:[a-f0-9]{64}$")
+_HEX64 = re.compile(r"^[a-f0-9]{64}$")
+
+EMPTY_LAYER_DIFF_ID = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
+"""diff_id of the canonical empty layer: 1024 zero bytes (two tar end blocks)."""
+
+
+@dataclass(frozen=True, order=True)
+class Digest:
+    """A ``sha256:<64 lowercase hex>`` digest. Only sha256 is accepted."""
+
+    value: str
+
+    def __post_init__(self) -> None:
+        if not _SHA256.match(self.value):
+            raise InvalidArgument(f"invalid digest {self.value!r}: want sha256:<64 hex>")
+
+    @classmethod
+    def parse(cls, text: str) -> Digest:
+        return cls(text)
+
+    @classmethod
+    def from_hex(cls, hexpart: str) -> Digest:
+        return cls("sha256:" + hexpart)
+
+    @classmethod
+    def of_bytes(cls, data: bytes) -> Digest:
+        return cls("sha256:" + hashlib.sha256(data).hexdigest())
+
+    @property
+    def hex(self) -> str:
+        return self.value[7:]
+
+    @property
+    def short(self) -> str:
+        """The 12-hex-digit form docker prints."""
+        return self.value[7:19]
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def is_hex64(text: str) -> bool:
+    return bool(_HEX64.match(text))
+
+
+class Hasher:
+    """A running sha256 plus byte count, fed as data streams past."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+        self.size = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._h.update(data)
+        self.size += len(data)
+
+    def digest(self) -> Digest:
+        return Digest("sha256:" + self._h.hexdigest())
+
+
+def sha256_stream(fp: BinaryIO, bufsize: int = 1 << 20) -> tuple[Digest, int]:
+    h = Hasher()
+    while chunk := fp.read(bufsize):
+        h.update(chunk)
+    return h.digest(), h.size
+
+
+def iter_chunks(fp: BinaryIO, bufsize: int = 1 << 20) -> Iterator[bytes]:
+    while chunk := fp.read(bufsize):
+        yield chunk
+
+
+def chain_ids(diff_ids: Iterable[Digest | str]) -> list[Digest]:
+    """OCI chain IDs, base first: ChainID(L0) = DiffID(L0);
+    ChainID(L0..n) = sha256(ChainID(L0..n-1) + " " + DiffID(Ln))."""
+    out: list[Digest] = []
+    for d in diff_ids:
+        dd = d if isinstance(d, Digest) else Digest(d)
+        if not out:
+            out.append(dd)
+        else:
+            out.append(Digest.of_bytes(f"{out[-1].value} {dd.value}".encode()))
+    return out
