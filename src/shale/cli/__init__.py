@@ -1,0 +1,125 @@
+"""shale's command line: docker-compatible verbs over the ``Engine`` API.
+
+``main(argv) -> int`` is the only place that reads the environment and argv, and it never
+raises: a ``ShaleError`` becomes one line on stderr and docker's exit code (a traceback only
+with ``--debug``). Verb modules are imported lazily so ``shale run`` pays only for what it
+uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NoReturn
+
+from shale.errors import InvalidArgument, ShaleError
+
+if TYPE_CHECKING:
+    from shale.engine import Engine
+
+Handler = Callable[["Engine", argparse.Namespace], int]
+
+# verb -> module under shale.cli that defines add_<verb>(subparsers)
+VERB_MODULES: dict[str, str] = {
+    "images": "image_cmds", "image": "image_cmds", "tag": "image_cmds", "rmi": "image_cmds",
+    "inspect": "image_cmds", "history": "image_cmds", "save": "image_cmds",
+    "load": "image_cmds", "import": "image_cmds", "system": "image_cmds",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so bad flags give exit 125 as docker."""
+
+    def error(self, message: str) -> NoReturn:
+        raise InvalidArgument(f"{message}\nSee '{self.prog} --help'.")
+
+
+def build_parser(verb: str | None) -> argparse.ArgumentParser:
+    p = _Parser(prog="shale", description="A daemonless, Docker-compatible image engine")
+    p.add_argument("--root", default=None, help="data root (env SHALE_ROOT; /var/lib/shale)")
+    p.add_argument("--storage-driver", "-s", default=None, choices=["overlay", "vfs"],
+                   help="storage driver (default: overlay when the kernel has it, else vfs)")
+    p.add_argument("--debug", "-D", action="store_true", help="tracebacks on errors")
+    sub = p.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
+    modules = sorted(set(VERB_MODULES.values())) if verb is None else \
+        [VERB_MODULES[verb]] if verb in VERB_MODULES else []
+    import importlib
+
+    for name in modules:
+        mod = importlib.import_module(f"shale.cli.{name}")
+        mod.register(sub)
+    return p
+
+
+def _find_verb(argv: Sequence[str]) -> str | None:
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--root", "--storage-driver", "-s"):
+            skip = True
+            continue
+        if a.startswith("-"):
+            continue
+        return a
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_list or "-D" in args_list
+    engine: Engine | None = None
+    try:
+        verb = _find_verb(args_list)
+        parser = build_parser(verb if verb in VERB_MODULES else None)
+        if verb is None:
+            parser.print_help()
+            return 0
+        if verb not in VERB_MODULES:
+            raise InvalidArgument(f"unknown command: shale {verb}\nSee 'shale --help'")
+        ns = parser.parse_args(args_list)
+        handler: Handler | None = getattr(ns, "handler", None)
+        if handler is None:
+            parser.parse_args([*args_list, "--help"])
+            return 0
+        from shale.engine import DEFAULT_ROOT, Engine
+
+        root = ns.root or os.environ.get("SHALE_ROOT") or DEFAULT_ROOT
+        engine = Engine(root, driver=ns.storage_driver)
+        return handler(engine, ns)
+    except ShaleError as e:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"Error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except SystemExit as e:  # argparse --help
+        return int(e.code or 0) if isinstance(e.code, int) else 0
+    except Exception as e:  # a bug: still one line, the traceback with --debug
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"Error: {type(e).__name__}: {e}" if not isinstance(e, OSError)
+              else f"Error: {e}", file=sys.stderr)
+        return 125
+    finally:
+        if engine is not None:
+            engine.close()
+
+
+def entry() -> None:
+    code = main()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass
+    raise SystemExit(code)

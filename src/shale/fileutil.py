@@ -1,0 +1,35 @@
+"""Small file helpers: atomic output files."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[BinaryIO]:
+    """Write to a temp file beside ``path`` and rename it into place only on success, so a
+    failed or killed ``save -o`` never leaves a truncated archive under the final name."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    with atomic_output(path) as f:
+        f.write(data)
+    os.chmod(path, mode)

@@ -1,0 +1,117 @@
+"""One SQLite database (WAL) for everything that is not a blob.
+
+Images, tags, repo digests, layers, the build cache index, containers and volumes live here.
+Every change is one transaction (``BEGIN IMMEDIATE``), so concurrent shale processes never
+lose a tag and a crash never leaves half a record: blobs and snapshots are written first, the
+records that make them visible are published last.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+SCHEMA: list[str] = [
+    # v1: images, tags, layers, build cache
+    """
+    CREATE TABLE images (
+        id TEXT PRIMARY KEY,            -- sha256:<hex> of the config bytes
+        parent TEXT NOT NULL DEFAULT '',-- parent image ID (commit/build), '' if none
+        added REAL NOT NULL,            -- when it entered this store
+        manifest TEXT NOT NULL DEFAULT '', -- digest of a kept manifest blob (pull), or ''
+        last_tag_time REAL NOT NULL DEFAULT 0
+    );
+    CREATE INDEX images_parent ON images(parent);
+    CREATE TABLE tags (
+        name TEXT PRIMARY KEY,          -- normalised reference docker.io/library/x:tag
+        image TEXT NOT NULL REFERENCES images(id)
+    );
+    CREATE INDEX tags_image ON tags(image);
+    CREATE TABLE repo_digests (
+        name TEXT PRIMARY KEY,          -- docker.io/library/x@sha256:...
+        image TEXT NOT NULL REFERENCES images(id)
+    );
+    CREATE INDEX repo_digests_image ON repo_digests(image);
+    CREATE TABLE layers (
+        diff_id TEXT PRIMARY KEY,       -- sha256 of the uncompressed tar
+        blob TEXT NOT NULL,             -- digest of the stored blob (== diff_id if plain tar)
+        media_type TEXT NOT NULL,       -- media type of the stored blob
+        blob_size INTEGER NOT NULL,
+        diff_size INTEGER NOT NULL,     -- uncompressed tar size
+        content_size INTEGER NOT NULL DEFAULT -1 -- bytes of regular files (docker's layer size)
+    );
+    CREATE TABLE layer_blobs (          -- other encodings of a layer (pushed gzip, pulled)
+        digest TEXT PRIMARY KEY,
+        diff_id TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        size INTEGER NOT NULL
+    );
+    CREATE INDEX layer_blobs_diff ON layer_blobs(diff_id);
+    CREATE TABLE build_cache (
+        parent TEXT NOT NULL,
+        key TEXT NOT NULL,
+        child TEXT NOT NULL,
+        PRIMARY KEY (parent, key)
+    );
+    """,
+]
+
+
+class Metadata:
+    """A connection to the store's database. One per Engine; not shared across threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA busy_timeout=60000")
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version >= len(SCHEMA):
+            return
+        with self.transaction() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            for i in range(version, len(SCHEMA)):
+                for stmt in _statements(SCHEMA[i]):
+                    db.execute(stmt)
+            db.execute(f"PRAGMA user_version={len(SCHEMA)}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (``BEGIN IMMEDIATE``) so concurrent writers
+        queue on SQLite's lock instead of failing on upgrade."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def query(self, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        return self.db.execute(sql, args).fetchall()
+
+    def one(self, sql: str, args: tuple[object, ...] = ()) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self.db.execute(sql, args).fetchone()
+        return row
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _statements(script: str) -> list[str]:
+    """Split a schema script on ';' (the schema has no ';' inside strings or triggers)."""
+    out = []
+    for part in script.split(";"):
+        lines = [ln.split("--", 1)[0] for ln in part.splitlines()]
+        stmt = "\n".join(lines).strip()
+        if stmt:
+            out.append(stmt)
+    return out
