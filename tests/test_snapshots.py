@@ -8,6 +8,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -261,6 +262,24 @@ def test_remove_refuses_parents_and_leaves_nothing(snap: Snapshotter) -> None:
         assert list((home / "l").iterdir()) == []
 
 
+def test_cleanup_removes_what_dead_processes_left(snap: Snapshotter) -> None:
+    _chain(snap, 1)
+    snap.prepare("live", "c0")
+    home = snap.layer_dir("c0").parent.parent.parent
+    dead = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, check=True)
+    dead_pid = int(dead.stdout)
+    leftovers = [home / "tmp" / f"{dead_pid}-abc", home / "snapshots" / "9999"]
+    for d in leftovers:
+        (d / "fs").mkdir(parents=True)
+    mine = home / "tmp" / f"{os.getpid()}-in-flight"
+    mine.mkdir()
+    removed = snap.cleanup()  # type: ignore[attr-defined]
+    assert set(leftovers) <= set(removed)
+    assert not any(d.exists() for d in leftovers) and mine.exists()
+    assert {i.name for i in snap.walk()} == {"c0", "live"}
+    assert (snap.layer_dir("c0") / "f0").exists()
+
+
 def test_deep_chain_mounts(snap: Snapshotter, target: Path) -> None:
     top = _chain(snap, 200)
     mount_all(snap.prepare("rw", top), target)
@@ -318,10 +337,18 @@ def test_concurrent_commit_of_one_name(snap: Snapshotter, clean_mounts: Path,
 # --- overlay only --------------------------------------------------------------------------
 
 @pytest.fixture
-def overlay(snap: Snapshotter) -> Snapshotter:
-    if snap.driver != "overlay":
-        pytest.skip("overlay driver only")
-    return snap
+def overlay(clean_mounts: Path) -> Iterator[Snapshotter]:
+    if not _has_overlay(clean_mounts / "probe"):
+        pytest.skip("overlayfs is not usable here")
+    s = open_snapshotter(clean_mounts / "root", "overlay")
+    yield s
+    unmount_all_under(clean_mounts)
+    s.close()  # type: ignore[attr-defined]
+
+
+def _mount_options(target: Path) -> str:
+    (entry,) = [m for m in mountinfo() if m.mount_point == str(target)]
+    return entry.super_options
 
 
 def test_overlay_mount_shapes(overlay: Snapshotter) -> None:
@@ -362,6 +389,7 @@ def test_overlay_499_lowers_and_the_limit(overlay: Snapshotter, target: Path) ->
     try:
         assert len(os.listdir(target)) == 499
         (target / "up").write_text("u")
+        assert _mount_options(target).count("lowerdir+=") == 499
     finally:
         unmount(target)
     assert (overlay.layer_dir("rw499") / "up").exists()
@@ -389,6 +417,7 @@ def test_overlay_legacy_mount_fallback(overlay: Snapshotter, target: Path,
     mount_all([m], target)
     try:
         assert len(os.listdir(target)) == 200
+        assert "lowerdir=l/" in _mount_options(target)  # relative to the store home
     finally:
         unmount(target)
     long_dirs = []
@@ -440,6 +469,10 @@ def test_readonly_bind_and_unmount(clean_mounts: Path, target: Path) -> None:
     assert not is_mountpoint(target)
     with pytest.raises(NotFound, match="no-such"):
         mount_all([Mount("bind", str(clean_mounts / "no-such"), ("rbind",))], target)
+    mount_all([Mount("tmpfs", "tmpfs", ("size=1m", "nosuid", "rshared"))], target)
+    (entry,) = [m for m in mountinfo() if m.mount_point == str(target)]
+    assert "nosuid" in entry.options.split(",")
+    assert any(o.startswith("shared:") for o in entry.optional)
 
 
 def test_unmount_all_under_deepest_first(clean_mounts: Path) -> None:
@@ -451,8 +484,11 @@ def test_unmount_all_under_deepest_first(clean_mounts: Path) -> None:
     (base / "a" / "b").mkdir()
     mount_all([tmpfs], base / "a" / "b")
     mount_all([tmpfs, tmpfs], base / "c")  # stacked on one point
+    (base / "h" / "hidden").mkdir(parents=True)
+    mount_all([tmpfs], base / "h" / "hidden")
+    mount_all([tmpfs], base / "h")  # hides the one below: reachable only after it goes
     done = unmount_all_under(base)
-    assert len(done) == 4
+    assert len(done) == 6
     assert not [m for m in mountinfo() if m.mount_point.startswith(str(base))]
 
 

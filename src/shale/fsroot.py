@@ -38,7 +38,7 @@ MkdirHook = Callable[[str, int], None]
 
 
 class _OpenHow(ctypes.Structure):
-    _fields_ = [  # noqa: RUF012 (ctypes wants a plain list)
+    _fields_ = [
         ("flags", ctypes.c_uint64),
         ("mode", ctypes.c_uint64),
         ("resolve", ctypes.c_uint64),

@@ -56,6 +56,28 @@ SCHEMA: list[str] = [
         PRIMARY KEY (parent, key)
     );
     """,
+    # v2: containers and volumes
+    """
+    CREATE TABLE containers (
+        id TEXT PRIMARY KEY,            -- 64 hex
+        name TEXT NOT NULL UNIQUE,      -- without the leading '/'
+        image TEXT NOT NULL,            -- image ID (sha256:...)
+        created REAL NOT NULL,
+        record TEXT NOT NULL            -- JSON: Config, HostConfig, Path, Args, Mounts, ...
+    );
+    CREATE INDEX containers_image ON containers(image);
+    CREATE TABLE volumes (
+        name TEXT PRIMARY KEY,
+        created REAL NOT NULL,
+        anonymous INTEGER NOT NULL DEFAULT 0,
+        labels TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE volume_users (
+        volume TEXT NOT NULL,
+        container TEXT NOT NULL,
+        PRIMARY KEY (volume, container)
+    );
+    """,
 ]
 
 

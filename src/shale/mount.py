@@ -72,6 +72,7 @@ MS_NOATIME = 0x400
 MS_NODIRATIME = 0x800
 MS_BIND = 0x1000
 MS_REC = 0x4000
+MS_UNBINDABLE = 0x20000
 MS_PRIVATE = 0x40000
 MS_SLAVE = 0x80000
 MS_SHARED = 0x100000
@@ -109,6 +110,14 @@ _FLAG_OPTIONS: dict[str, tuple[int, int]] = {
     "strictatime": (0, MS_STRICTATIME),
     "bind": (0, MS_BIND), "rbind": (0, MS_BIND | MS_REC),
     "defaults": (0, 0),
+}
+
+# Propagation options (as OCI specs carry them): a separate mount(2) call after the mount.
+_PROPAGATION: dict[str, int] = {
+    "private": MS_PRIVATE, "rprivate": MS_PRIVATE | MS_REC,
+    "slave": MS_SLAVE, "rslave": MS_SLAVE | MS_REC,
+    "shared": MS_SHARED, "rshared": MS_SHARED | MS_REC,
+    "unbindable": MS_UNBINDABLE, "runbindable": MS_UNBINDABLE | MS_REC,
 }
 
 
@@ -209,6 +218,7 @@ class MountInfo:
     optional: tuple[str, ...]
     fstype: str
     source: str
+    super_options: str  # the filesystem's own options (overlay: its layers)
 
 
 def _unescape(field_: bytes) -> str:
@@ -229,7 +239,8 @@ def mountinfo() -> list[MountInfo]:
             mount_id=int(fields[0]), parent_id=int(fields[1]),
             mount_point=_unescape(fields[4]), options=fields[5].decode(),
             optional=tuple(f.decode() for f in fields[6:sep]),
-            fstype=fields[sep + 1].decode(), source=_unescape(fields[sep + 2])))
+            fstype=fields[sep + 1].decode(), source=_unescape(fields[sep + 2]),
+            super_options=_unescape(b" ".join(fields[sep + 3:]))))
     return result
 
 
@@ -273,17 +284,25 @@ def _mount_one(m: Mount, target: str) -> None:
             _sys_mount(m.source, target, m.type, flags, data or None)
         except OSError as e:
             raise _error(f"mount {m.type} {m.source} on", target, e.errno or 0) from None
+    for opt in m.options:
+        if opt in _PROPAGATION:
+            try:
+                _sys_mount(None, target, None, _PROPAGATION[opt], None)
+            except OSError as e:
+                _sys_umount2(target, MNT_DETACH)  # mount_all only undoes complete mounts
+                raise _error(f"set {opt} propagation on", target, e.errno or 0) from None
 
 
 def _split_options(options: tuple[str, ...]) -> tuple[int, str]:
-    """mount(8)-style options -> (MS_* flags, fs-specific data string)."""
+    """mount(8)-style options -> (MS_* flags, fs-specific data string); propagation
+    options are left to ``_mount_one``."""
     flags = 0
     data: list[str] = []
     for opt in options:
         if opt in _FLAG_OPTIONS:
             clear, set_ = _FLAG_OPTIONS[opt]
             flags = (flags & ~clear) | set_
-        else:
+        elif opt not in _PROPAGATION:
             data.append(opt)
     return flags, ",".join(data)
 
@@ -309,6 +328,7 @@ def _mount_bind(m: Mount, target: str) -> None:
 
 @dataclass(frozen=True)
 class _Overlay:
+    source: str
     lowers: list[str]
     upper: str | None
     work: str | None
@@ -337,7 +357,7 @@ def _parse_overlay(m: Mount, target: str) -> _Overlay:
         raise LimitExceeded(
             f"overlay mount on {target}: {len(lowers)} lower layers, the kernel allows "
             f"at most {OVERLAY_MAX_LOWERS}; squash the image or use the vfs driver")
-    return _Overlay(lowers, upper, work, flags, others)
+    return _Overlay(m.source or "overlay", lowers, upper, work, flags, others)
 
 
 def _mount_overlay(m: Mount, target: str) -> None:
@@ -358,7 +378,8 @@ def _mount_overlay_new(fs_fd: int, ov: _Overlay, target: str) -> None:
     """fsopen/fsconfig/fsmount/move_mount: one ``lowerdir+`` per layer, no page limit."""
     step = "fsconfig"
     try:
-        params = [("lowerdir+", lower) for lower in ov.lowers]
+        # "source" only names the mount in mountinfo ("overlay", as mount(2) would show).
+        params = [("source", ov.source), *(("lowerdir+", lower) for lower in ov.lowers)]
         if ov.upper is not None:
             params.append(("upperdir", ov.upper))
         if ov.work is not None:
@@ -418,7 +439,7 @@ def _mount_overlay_legacy(ov: _Overlay, target: str) -> None:
     data = _legacy_data(ov, {p: p for p in layer_paths})
     if len(os.fsencode(data)) <= _page_limit():
         try:
-            _sys_mount("overlay", target, "overlay", ov.flags, data)
+            _sys_mount(ov.source, target, "overlay", ov.flags, data)
         except OSError as e:
             raise _error("mount overlay on", target, e.errno or 0) from None
         return
@@ -479,9 +500,9 @@ def unmount(target: Path, *, lazy_fallback: bool = True) -> None:
     """Unmount every mount at and below ``target``, deepest first, including mounts stacked
     on ``target`` itself. Nothing mounted is not an error (cleanup paths call this twice).
     ``InUse`` if a mount is busy and ``lazy_fallback`` is False."""
-    unmount_all_under(target, lazy_fallback=lazy_fallback)
     real = os.path.realpath(target)
     for _ in range(128):  # bounded: a kernel that keeps saying "unmounted" must not hang us
+        unmount_all_under(Path(real), lazy_fallback=lazy_fallback)
         if not _umount_path(real, lazy_fallback):
             return
     raise InUse(f"unmount {target}: still mounted after 128 unmounts")
@@ -491,13 +512,20 @@ def unmount_all_under(prefix: Path, *, lazy_fallback: bool = True) -> list[Path]
     """Unmount every mount whose mount point is strictly below ``prefix``, deepest first
     (children before parents). Returns the mount points unmounted."""
     real = os.path.realpath(prefix).rstrip("/") + "/"
-    points = [m.mount_point for m in mountinfo() if m.mount_point.startswith(real)]
-    # Deeper paths first; stacked mounts appear once per layer, each unmount pops one.
-    points.sort(key=lambda p: p.count("/"), reverse=True)
     done: list[Path] = []
-    for point in points:
-        if _umount_path(point, lazy_fallback):
-            done.append(Path(point))
+    # More than one pass: a mount hidden under a later mount on a shallower path cannot be
+    # reached by its path until that one is gone.
+    for _ in range(16):
+        points = [m.mount_point for m in mountinfo() if m.mount_point.startswith(real)]
+        # Deeper paths first; stacked mounts appear once per layer, each unmount pops one.
+        points.sort(key=lambda p: p.count("/"), reverse=True)
+        progress = False
+        for point in points:
+            if _umount_path(point, lazy_fallback):
+                done.append(Path(point))
+                progress = True
+        if not progress:
+            break
     return done
 
 

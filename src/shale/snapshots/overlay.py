@@ -104,6 +104,8 @@ def overlay_supported(root: Path) -> bool:
             return lines[1] == "yes"
     except OSError:
         pass
+    if os.geteuid() != 0:
+        return False  # not cached: a later run as root must probe for itself
     ok, reason = _probe(base)
     try:
         tmp = base / f".overlay-check.{os.getpid()}"
@@ -115,8 +117,6 @@ def overlay_supported(root: Path) -> bool:
 
 
 def _probe(base: Path) -> tuple[bool, str]:
-    if os.geteuid() != 0:
-        return False, "not root"
     try:
         base.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".overlay-probe-", dir=base))

@@ -12,7 +12,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from shale.errors import ShaleError
+from shale.errors import NotFound, ShaleError
 from shale.mount import Mount
 from shale.snapshots import Kind
 from shale.snapshots.meta import Row, SnapshotStore
@@ -28,7 +28,13 @@ class VfsSnapshotter(SnapshotStore):
             fs.mkdir()
             os.chmod(fs, 0o755)  # the container's "/": not subject to our umask
             return
-        _copy_tree(self._fs(parent.id), fs)
+        try:
+            _copy_tree(self._fs(parent.id), fs)
+        except ShaleError:
+            now = self._meta.find(parent.name)
+            if now is None or now.id != parent.id:  # removed by another process meanwhile
+                raise NotFound(f"parent snapshot {parent.name!r}: not found") from None
+            raise
 
     def _tree(self, row: Row) -> Path:
         if row.kind == Kind.VIEW and row.parent_id is not None:

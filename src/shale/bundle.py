@@ -1,0 +1,132 @@
+"""The OCI bundle of a container: ``config.json`` beside the mounted ``rootfs``.
+
+Built at every start from the container record: user and groups from the image's passwd
+(read inside the rootfs, never through a symlink out of it), docker's env, mounts for
+volumes, binds, tmpfs and the /etc/hosts|hostname|resolv.conf files, ``--init``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shale.containers import Container
+from shale.errors import InvalidArgument
+from shale.fileutil import atomic_write
+
+if TYPE_CHECKING:
+    from shale.engine import Engine
+
+INIT_BINARIES = ("/usr/bin/docker-init", "/usr/sbin/docker-init", "/usr/bin/tini-static",
+                 "/usr/bin/tini")
+
+
+def _etc_files(c: Container) -> list[dict[str, Any]]:
+    hostname = c.config.get("Hostname") or c.short_id
+    (c.dir / "hostname").write_text(hostname + "\n")
+    hosts = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+             "fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n"
+             "ff02::2\tip6-allrouters\n")
+    if c.host_config.get("NetworkMode") == "host":
+        try:
+            hosts = Path("/etc/hosts").read_text()
+        except OSError:
+            pass
+    else:
+        hosts += f"127.0.1.1\t{hostname}\n"
+    (c.dir / "hosts").write_text(hosts)
+    try:
+        resolv = Path("/etc/resolv.conf").read_text()
+    except OSError:
+        resolv = ""
+    (c.dir / "resolv.conf").write_text(resolv)
+    return [{"destination": f"/etc/{n}", "type": "bind", "source": str(c.dir / n),
+             "options": ["rbind", "rprivate"]} for n in ("resolv.conf", "hostname", "hosts")]
+
+
+def _volume_mounts(c: Container) -> list[dict[str, Any]]:
+    from shale.fsroot import Root
+    from shale.volumes import populate
+
+    out = []
+    root = Root(c.rootfs)
+    try:
+        for m in c.record.get("Mounts", []):
+            opts = ["rbind", "rprivate"] + ([] if m.get("RW", True) else ["ro"])
+            if m["Type"] == "bind":
+                src = Path(m["Source"])
+                if not src.exists():
+                    src.mkdir(parents=True, exist_ok=True)  # -v creates a missing host dir
+            else:
+                src = Path(m["Source"])
+                try:
+                    inside = root.resolve(m["Destination"].lstrip("/"))
+                    populate(src, Path(str(c.rootfs) + inside))
+                except (OSError, ValueError):
+                    pass
+            out.append({"destination": m["Destination"], "type": "bind",
+                        "source": str(src), "options": opts})
+    finally:
+        root.close()
+    for dst, o in (c.host_config.get("Tmpfs") or {}).items():
+        options = ["nosuid", "nodev", "noexec"] + [x for x in o.split(",") if x]
+        out.append({"destination": dst, "type": "tmpfs", "source": "tmpfs",
+                    "options": options})
+    return out
+
+
+def _init_mount() -> tuple[dict[str, Any], str]:
+    for p in INIT_BINARIES:
+        if os.path.exists(p):
+            return ({"destination": "/sbin/docker-init", "type": "bind", "source": p,
+                     "options": ["rbind", "ro", "rprivate"]}, "/sbin/docker-init")
+    raise InvalidArgument("--init: no docker-init or tini binary found on this host")
+
+
+def _ulimits(c: Container) -> dict[str, tuple[int, int]]:
+    return {u["Name"]: (u["Soft"], u["Hard"]) for u in c.host_config.get("Ulimits") or []}
+
+
+def write_bundle(engine: Engine, c: Container) -> None:
+    from shale.fsroot import Root
+    from shale.runtime.spec import SpecOptions, build_spec, container_env
+    from shale.runtime.users import resolve_user
+
+    cfg, hc = c.config, c.host_config
+    user = resolve_user(c.rootfs, cfg.get("User") or "")
+    env = container_env(cfg.get("Env") or [], cfg.get("Hostname") or c.short_id,
+                        tty=bool(cfg.get("Tty")))
+    if not any(e.startswith("HOME=") for e in env):
+        env.append(f"HOME={user.home or '/'}")
+    args = [c.record["Path"], *c.record["Args"]]
+    mounts = _etc_files(c) + _volume_mounts(c)
+    if hc.get("Init"):
+        m, init = _init_mount()
+        mounts.append(m)
+        args = [init, "--", *args]
+    cwd = cfg.get("WorkingDir") or "/"
+    if cwd != "/":
+        with Root(c.rootfs) as root:
+            root.mkdir_p(cwd.lstrip("/"))  # docker creates a missing WORKDIR
+    sec = hc.get("SecurityOpt") or []
+    opts = SpecOptions(
+        args=args, env=env, cwd=cwd, uid=user.uid, gid=user.gid,
+        additional_gids=list(user.additional_gids), hostname=cfg.get("Hostname") or c.short_id,
+        tty=bool(cfg.get("Tty")), cap_add=hc.get("CapAdd") or [],
+        cap_drop=hc.get("CapDrop") or [], privileged=bool(hc.get("Privileged")),
+        readonly_rootfs=bool(hc.get("ReadonlyRootfs")), mounts=mounts,
+        no_new_privileges=any(s.startswith("no-new-privileges") and not s.endswith("false")
+                              for s in sec),
+        ulimits=_ulimits(c),
+        network="none" if hc.get("NetworkMode") == "none" else "host",
+        seccomp="seccomp=unconfined" not in sec, cgroups_path=f"/shale/{c.id}",
+        root_path=str(c.rootfs))
+    warnings: list[str] = []
+    spec = build_spec(opts, warnings)
+    atomic_write(c.bundle / "config.json", json.dumps(spec, indent=1).encode())
+    if warnings:
+        (c.dir / "warnings").write_text("\n".join(warnings) + "\n")
+    _ = shutil

@@ -1,0 +1,382 @@
+"""Container operations at engine level: create, start, stop, kill, remove, wait.
+
+``create`` turns run options and the image config into a docker-shaped record and the
+snapshot chain; ``start`` prepares the bundle (rootfs mount, volumes, config.json, the
+/etc/hosts|hostname|resolv.conf files) and spawns the monitor. The runtime is reached only
+through the monitor, or through ``runtime`` verbs for kill/exec.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shale.containers import Container, ContainerStore, State, monitor_alive
+from shale.errors import Conflict, InvalidArgument, NotFound, ShaleError
+from shale.oci import format_time
+
+if TYPE_CHECKING:
+    from shale.engine import Engine
+
+DEFAULT_STOP_TIMEOUT = 10
+
+
+@dataclass
+class RunOptions:
+    image: str
+    cmd: list[str] | None = None
+    entrypoint: str | None = None          # None: the image's; "": reset
+    env: list[str] = field(default_factory=list)
+    workdir: str = ""
+    user: str = ""
+    hostname: str = ""
+    tty: bool = False
+    interactive: bool = False
+    name: str | None = None
+    auto_remove: bool = False
+    volumes: list[str] = field(default_factory=list)
+    tmpfs: list[str] = field(default_factory=list)
+    read_only: bool = False
+    init: bool = False
+    stop_signal: str = ""
+    stop_timeout: int | None = None
+    restart: str = "no"
+    ulimits: list[str] = field(default_factory=list)
+    privileged: bool = False
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    security_opt: list[str] = field(default_factory=list)
+    network: str = "default"
+    labels: dict[str, str] = field(default_factory=dict)
+    runtime: str = "builtin"
+    attach_stdio: bool = True
+
+
+def _restart_policy(text: str) -> dict[str, Any]:
+    name, _, count = text.partition(":")
+    if name not in ("no", "always", "on-failure", "unless-stopped"):
+        raise InvalidArgument(f"invalid restart policy '{text}'")
+    if count and name != "on-failure":
+        raise InvalidArgument(f"invalid restart policy '{text}': maximum retry count can only "
+                              "be used with 'on-failure'")
+    try:
+        n = int(count) if count else 0
+    except ValueError:
+        raise InvalidArgument(f"invalid restart policy '{text}'") from None
+    return {"Name": name, "MaximumRetryCount": n}
+
+
+def _mounts_from_flags(engine: Engine, opts: RunOptions, image_volumes: dict[str, Any]
+                       ) -> list[dict[str, Any]]:
+    """docker's Mounts list: binds, named volumes, the image's VOLUMEs as anonymous ones."""
+    mounts: list[dict[str, Any]] = []
+    for spec in opts.volumes:
+        parts = spec.split(":")
+        if len(parts) == 1:
+            src, dst, mode = "", parts[0], ""
+        elif len(parts) == 2:
+            src, dst, mode = parts[0], parts[1], ""
+        elif len(parts) == 3:
+            src, dst, mode = parts
+        else:
+            raise InvalidArgument(f"invalid volume specification: '{spec}'")
+        if not dst.startswith("/"):
+            raise InvalidArgument(f"invalid volume specification: '{spec}': invalid mount "
+                                  "config for type \"volume\": invalid mount path: "
+                                  f"'{dst}' mount path must be absolute")
+        rw = "ro" not in mode.split(",")
+        if src.startswith("/"):
+            mounts.append({"Type": "bind", "Source": os.path.normpath(src),
+                           "Destination": dst, "Mode": mode, "RW": rw,
+                           "Propagation": "rprivate"})
+        else:
+            mounts.append({"Type": "volume", "Name": src, "Source": "", "Destination": dst,
+                           "Driver": "local", "Mode": mode or "z", "RW": rw,
+                           "Propagation": ""})
+    taken = {m["Destination"].rstrip("/") or "/" for m in mounts}
+    for dst in sorted(image_volumes or {}):
+        if (dst.rstrip("/") or "/") not in taken:
+            mounts.append({"Type": "volume", "Name": "", "Source": "", "Destination": dst,
+                           "Driver": "local", "Mode": "", "RW": True, "Propagation": ""})
+    return mounts
+
+
+def create(engine: Engine, opts: RunOptions) -> Container:
+    from shale.containers import ContainerStore
+
+    img = engine.image(opts.image)
+    icfg = img.config.config
+    if opts.network not in ("default", "host", "none"):
+        raise InvalidArgument(f'network {opts.network} not found (only "host" and "none" '
+                              "exist until bridge networking is available)")
+    entry: list[str] | None = icfg.get("Entrypoint")
+    cmd: list[str] | None = icfg.get("Cmd")
+    if opts.entrypoint is not None:
+        entry = [opts.entrypoint] if opts.entrypoint else None
+        if opts.cmd is None:
+            cmd = None  # docker: --entrypoint resets the image's Cmd
+    if opts.cmd:
+        cmd = opts.cmd
+    args = (entry or []) + (cmd or [])
+    if not args:
+        raise InvalidArgument("No command specified")
+    store = ContainerStore(engine)
+    config = {
+        "Hostname": opts.hostname, "Domainname": "", "User": opts.user or icfg.get("User", ""),
+        "AttachStdin": opts.interactive and opts.attach_stdio,
+        "AttachStdout": opts.attach_stdio, "AttachStderr": opts.attach_stdio,
+        "Tty": opts.tty, "OpenStdin": opts.interactive, "StdinOnce": opts.interactive,
+        "Env": _merge_env(icfg.get("Env") or [], opts.env), "Cmd": cmd,
+        "Image": opts.image, "Volumes": icfg.get("Volumes"),
+        "WorkingDir": opts.workdir or icfg.get("WorkingDir", ""),
+        "Entrypoint": entry, "OnBuild": None,
+        "Labels": {**(icfg.get("Labels") or {}), **opts.labels},
+    }
+    stop_signal = opts.stop_signal or icfg.get("StopSignal") or ""
+    if stop_signal:
+        config["StopSignal"] = stop_signal
+    if opts.stop_timeout is not None:
+        config["StopTimeout"] = opts.stop_timeout
+    host_config = {
+        "Binds": [v for v in opts.volumes if ":" in v] or None,
+        "NetworkMode": opts.network, "RestartPolicy": _restart_policy(opts.restart),
+        "AutoRemove": opts.auto_remove, "VolumeDriver": "", "CapAdd": opts.cap_add or None,
+        "CapDrop": opts.cap_drop or None, "Privileged": opts.privileged,
+        "ReadonlyRootfs": opts.read_only, "SecurityOpt": opts.security_opt or None,
+        "Tmpfs": _tmpfs_map(opts.tmpfs) or None, "Ulimits": _ulimits(opts.ulimits) or None,
+        "Init": opts.init or None, "Runtime": opts.runtime,
+    }
+    if opts.auto_remove and host_config["RestartPolicy"]["Name"] != "no":
+        raise InvalidArgument("Conflicting options: --restart and --rm")
+    mounts = _mounts_from_flags(engine, opts, icfg.get("Volumes") or {})
+    record = {"Created": format_time(time.time()), "Path": args[0], "Args": args[1:],
+              "Image": img.id.value, "Driver": engine.driver, "Platform": "linux",
+              "Config": config, "HostConfig": host_config, "Mounts": mounts}
+    chain = engine.unpack(img)
+    c = store.create(record, opts.name)
+    try:
+        if not config["Hostname"]:
+            config["Hostname"] = c.short_id if opts.network != "host" else socket.gethostname()
+            store.update_record(c)
+        stubs = [m["Destination"] for m in mounts] + list(_tmpfs_map(opts.tmpfs))
+        with engine.lock():
+            store.prepare_snapshots(c, chain, stubs)
+        _create_volumes(engine, c)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            remove_container(engine, c, force=True, volumes=True)
+        raise
+    return c
+
+
+def _merge_env(image_env: list[str], extra: list[str]) -> list[str]:
+    env = list(image_env)
+    for item in extra:
+        if "=" not in item:
+            if item in os.environ:
+                item = f"{item}={os.environ[item]}"
+            else:
+                continue  # docker drops -e NAME when NAME is unset here
+        key = item.partition("=")[0]
+        env = [e for e in env if e.partition("=")[0] != key] + [item]
+    return env
+
+
+def _tmpfs_map(items: list[str]) -> dict[str, str]:
+    out = {}
+    for t in items:
+        dst, _, opts = t.partition(":")
+        if not dst.startswith("/"):
+            raise InvalidArgument(f"invalid tmpfs mount path: '{dst}'")
+        out[dst] = opts
+    return out
+
+
+def _ulimits(items: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for u in items:
+        name, _, vals = u.partition("=")
+        soft, _, hard = vals.partition(":")
+        try:
+            s = int(soft)
+            h = int(hard) if hard else s
+        except ValueError:
+            raise InvalidArgument(f"invalid ulimit argument: {u}") from None
+        out.append({"Name": name, "Soft": s, "Hard": h})
+    return out
+
+
+def _create_volumes(engine: Engine, c: Container) -> None:
+    from shale.volumes import VolumeStore
+
+    vs = VolumeStore(engine.meta, engine.root)
+    changed = False
+    for m in c.record["Mounts"]:
+        if m["Type"] != "volume":
+            continue
+        vol, _ = vs.create(m["Name"] or None, anonymous=not m["Name"])
+        if not m["Name"]:
+            m["Name"] = vol.name
+        m["Source"] = str(vol.mountpoint)
+        vs.attach(vol.name, c.id)
+        changed = True
+    if changed:
+        ContainerStore(engine).update_record(c)
+
+
+# ---- start -----------------------------------------------------------------------------
+def start(engine: Engine, c: Container, attached: bool) -> int:
+    """Prepare the bundle and spawn the monitor; returns the status pipe fd."""
+    from shale import monitor
+
+    store = ContainerStore(engine)
+    st = store.state(c)
+    if st.Running:
+        raise Conflict(f"container {c.id[:12]} is already running")
+    with contextlib.suppress(FileNotFoundError):
+        (c.dir / "stop-requested").unlink()
+    store.unmount_rootfs(c)
+    with engine.lock():
+        store.mount_rootfs(c)
+    try:
+        from shale.bundle import write_bundle
+
+        write_bundle(engine, c)
+    except BaseException:
+        store.unmount_rootfs(c)
+        raise
+    return monitor.spawn(engine, c, attached)
+
+
+def wait_stopped(engine: Engine, c: Container, timeout: float | None = None) -> State:
+    store = ContainerStore(engine)
+    end = None if timeout is None else time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        st = store.state(c)
+        if not st.Running and not st.Restarting and not monitor_alive(c.lock_path):
+            return st
+        if end is not None and time.monotonic() >= end:
+            return st
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def kill(engine: Engine, c: Container, sig: int) -> None:
+    store = ContainerStore(engine)
+    st = store.state(c)
+    if not st.Running:
+        raise Conflict(f"Cannot kill container: {c.id[:12]}: Container {c.id} is not running")
+    from shale.runtime import get_runtime
+
+    rt = get_runtime(c.host_config.get("Runtime") or "builtin", engine.root / "runtime")
+    rt.kill(c.id, sig, all=sig == 9)
+
+
+def stop(engine: Engine, c: Container, timeout: int | None = None) -> None:
+    import signal as sigmod
+
+    store = ContainerStore(engine)
+    st = store.state(c)
+    (c.dir / "stop-requested").touch()
+    if not st.Running and not st.Restarting:
+        return
+    if timeout is None:
+        timeout = c.config.get("StopTimeout", DEFAULT_STOP_TIMEOUT)
+    sig = parse_signal(c.config.get("StopSignal") or "SIGTERM")
+    with contextlib.suppress(ShaleError):
+        kill(engine, c, sig)
+    st = wait_stopped(engine, c, timeout)
+    if st.Running:
+        with contextlib.suppress(ShaleError):
+            kill(engine, c, sigmod.SIGKILL)
+        wait_stopped(engine, c, 30)
+
+
+def parse_signal(text: str) -> int:
+    import signal as sigmod
+
+    t = text.upper()
+    if t.isdigit():
+        return int(t)
+    if not t.startswith("SIG"):
+        t = "SIG" + t
+    try:
+        return int(getattr(sigmod, t))
+    except AttributeError:
+        raise InvalidArgument(f"Invalid signal: {text}") from None
+
+
+# ---- remove ----------------------------------------------------------------------------
+def remove_container(engine: Engine, c: Container, *, force: bool, volumes: bool,
+                     locked: bool = False) -> None:
+    store = ContainerStore(engine)
+    st = store.state(c)
+    if (st.Running or st.Restarting) and not locked:
+        if not force:
+            raise Conflict(f"You cannot remove a running container {c.id}. Stop the container "
+                           "before attempting removal or force remove")
+        (c.dir / "stop-requested").touch()
+        import signal as sigmod
+
+        with contextlib.suppress(ShaleError):
+            kill(engine, c, sigmod.SIGKILL)
+        wait_stopped(engine, c, 30)
+    store.unmount_rootfs(c)
+    with engine.lock():
+        store.remove_snapshots(c)
+    store.delete_record(c)
+    if volumes:
+        _remove_anonymous_volumes(engine, c)
+    with contextlib.suppress(Exception):
+        from shale.runtime.cgroups import remove_cgroup
+
+        remove_cgroup(c.id)
+    shutil.rmtree(c.dir, ignore_errors=True)
+
+
+def _remove_anonymous_volumes(engine: Engine, c: Container) -> None:
+    from shale.volumes import VolumeStore
+
+    vs = VolumeStore(engine.meta, engine.root)
+    for m in c.record.get("Mounts", []):
+        if m.get("Type") == "volume" and m.get("Name"):
+            with contextlib.suppress(NotFound, ShaleError):
+                vol = vs.get(m["Name"])
+                if vol.anonymous and not vs.users(vol.name):
+                    vs.remove(vol.name)
+
+
+def cleanup_dead(engine: Engine) -> None:
+    """Clean what crashed monitors left: rootfs mounts of containers that are not running
+    (DESIGN.md: the next command cleans what a crash left)."""
+    store = ContainerStore(engine)
+    base = engine.root / "containers"
+    from shale.mount import mountinfo
+
+    mounted = {m.mount_point for m in mountinfo() if m.mount_point.startswith(str(base))}
+    if not mounted:
+        return
+    for c in store.list():
+        if str(c.rootfs) in mounted and not monitor_alive(c.lock_path):
+            store.unmount_rootfs(c)
+
+
+def state_json(st: State) -> dict[str, Any]:
+    d = st.to_json()
+    d.pop("MonitorPid", None)
+    return {"Status": d["Status"], "Running": d["Running"], "Paused": d["Paused"],
+            "Restarting": d["Restarting"], "OOMKilled": d["OOMKilled"], "Dead": d["Dead"],
+            "Pid": d["Pid"], "ExitCode": d["ExitCode"], "Error": d["Error"],
+            "StartedAt": d["StartedAt"], "FinishedAt": d["FinishedAt"]}
+
+
+def _unused(*_: Any) -> None:
+    _ = (json, Path)

@@ -1,0 +1,446 @@
+"""The per-container monitor process (DESIGN.md section 7).
+
+Forked from the CLI (``spawn``), it detaches (double fork, ``setsid``, inherited fds closed)
+and then, for the container's whole life:
+- holds an ``flock`` on ``monitor.lock`` (liveness = a lock test);
+- is the child subreaper, so it waits on the container's init whatever runtime made it;
+- owns the container's stdio (pipes, or the pty master received on a console socket),
+  writes them to the json-file log and to attached clients (``attach.py`` frames);
+- records state (pid, exit code, times), applies ``--restart`` and ``--rm``, unmounts.
+
+Errors before the container runs (not found 127, not executable 126, engine 125) are recorded
+in the state and sent to the CLI on the status pipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shale import attach as ap
+from shale.oci import format_time
+
+if TYPE_CHECKING:
+    from shale.containers import Container, ContainerStore, State
+    from shale.engine import Engine
+
+
+# ---- spawning ----------------------------------------------------------------------------
+def spawn(engine: Engine, c: Container, attached: bool) -> int:
+    """Start the monitor; returns the read end of its status pipe. The status pipe carries
+    ``L`` once the attach socket listens (attached mode) and then ``S`` (started) or
+    ``E<code> <message>`` (failed), then closes."""
+    rd, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # first child: detach and fork the monitor, then leave
+        try:
+            os.close(rd)
+            os.setsid()
+            if os.fork() == 0:
+                _monitor_main(engine.root, engine.driver, c.id, wr, attached)
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    os.close(wr)
+    os.waitpid(pid, 0)
+    return rd
+
+
+def read_status(fd: int) -> tuple[str, int, str]:
+    """Read one status record: ("L"|"S"|"E"|"", code, message)."""
+    head = os.read(fd, 1)
+    if not head:
+        return "", 125, "the container monitor died before starting the container"
+    kind = head.decode()
+    if kind != "E":
+        return kind, 0, ""
+    rest = b""
+    while chunk := os.read(fd, 65536):
+        rest += chunk
+    code, _, msg = rest.decode(errors="replace").partition(" ")
+    return "E", int(code or 125), msg
+
+
+# ---- the monitor -------------------------------------------------------------------------
+def _monitor_main(root: Path, driver: str, cid: str, status_fd: int, attached: bool) -> None:
+    code = 0
+    try:
+        _detach_fds(keep=status_fd)
+        from shale.engine import Engine
+
+        engine = Engine(root, driver=driver)
+        Monitor(engine, cid, status_fd, attached).run()
+    except BaseException:
+        code = 1
+        with contextlib.suppress(Exception):
+            (root / "containers" / cid / "monitor.err").write_text(traceback.format_exc())
+    os._exit(code)
+
+
+def _detach_fds(keep: int) -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    os.closerange(3, keep)
+    with contextlib.suppress(OSError):
+        os.closerange(keep + 1, 65536)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+
+class _Log:
+    """docker's json-file log: one JSON object per line, lines split at '\\n'."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self.partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+
+    def write(self, stream: str, data: bytes) -> None:
+        buf = self.partial[stream] + data
+        lines = buf.split(b"\n")
+        self.partial[stream] = lines.pop()
+        if len(self.partial[stream]) > 16384:
+            lines.append(self.partial[stream])
+            self.partial[stream] = b""
+            self._emit(stream, lines[:-1], nl=True)
+            self._emit(stream, lines[-1:], nl=False)
+            return
+        self._emit(stream, lines, nl=True)
+
+    def _emit(self, stream: str, lines: list[bytes], nl: bool) -> None:
+        if not lines:
+            return
+        now = format_time(time.time())
+        out = b"".join(json.dumps({"log": ln.decode("utf-8", "replace") + ("\n" if nl else ""),
+                                   "stream": stream, "time": now}).encode() + b"\n"
+                       for ln in lines)
+        os.write(self.fd, out)
+
+    def flush(self) -> None:
+        for stream, rest in self.partial.items():
+            if rest:
+                self._emit(stream, [rest], nl=False)
+                self.partial[stream] = b""
+
+
+class Monitor:
+    def __init__(self, engine: Engine, cid: str, status_fd: int, attached: bool) -> None:
+        from shale.containers import ContainerStore
+
+        self.engine = engine
+        self.store: ContainerStore = ContainerStore(engine)
+        self.c: Container = self.store.get(cid)
+        self.status_fd = status_fd
+        self.attached = attached
+        self.clients: dict[int, tuple[socket.socket, ap.FrameReader, bool]] = {}
+        self.sel = selectors.DefaultSelector()
+        self.tty = bool(self.c.config.get("Tty"))
+        self.stdin_w = -1
+        self.exit_sent = False
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    def run(self) -> None:
+        import fcntl
+
+        from shale.runtime.linux import set_child_subreaper
+
+        lock = os.open(self.c.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        set_child_subreaper()
+        self.log = _Log(self.c.log_path)
+        self.listener = self._listen()
+        if self.attached:
+            os.write(self.status_fd, b"L")
+            self._wait_first_client(timeout=30.0)
+        st = self.store.state(self.c)
+        st.MonitorPid = os.getpid()
+        restarts = 0
+        while True:
+            code, err = self._run_once(st)
+            if err is not None:
+                self._fail(st, code, err)
+                break
+            if not self._should_restart(st, code, restarts):
+                break
+            restarts += 1
+            st.RestartCount = restarts
+            st.Status, st.Restarting, st.Running = "restarting", True, False
+            self.store.write_state(self.c, st)
+            time.sleep(min(0.1 * (2 ** (restarts - 1)), 60.0))
+            if (self.c.dir / "stop-requested").exists():
+                break
+        self._finish(st)
+
+    def _should_restart(self, st: State, code: int, restarts: int) -> bool:
+        pol = self.c.host_config.get("RestartPolicy") or {}
+        name = pol.get("Name") or "no"
+        if (self.c.dir / "stop-requested").exists() or self.c.host_config.get("AutoRemove"):
+            return False
+        if name in ("always", "unless-stopped"):
+            return True
+        if name == "on-failure":
+            limit = int(pol.get("MaximumRetryCount") or 0)
+            return code != 0 and (limit == 0 or restarts < limit)
+        return False
+
+    def _run_once(self, st: State) -> tuple[int, str | None]:
+        """Create and start the container, pump its stdio until it exits; returns
+        (exit code, None) or (code, error message) when it could not start."""
+        from shale.errors import ShaleError
+
+        rt = self._runtime()
+        with contextlib.suppress(Exception):
+            rt.delete(self.c.id, force=True)
+        try:
+            pid, fds = self._create(rt)
+            rt.start(self.c.id)
+        except ShaleError as e:
+            return e.exit_code, str(e)
+        st.Status, st.Running, st.Restarting, st.Pid = "running", True, False, pid
+        st.ExitCode, st.Error = 0, ""
+        st.StartedAt, st.FinishedAt = format_time(time.time()), "0001-01-01T00:00:00Z"
+        self.store.write_state(self.c, st)
+        self._status(b"S")
+        code = self._pump(pid, fds)
+        st.Status, st.Running, st.Paused, st.Pid = "exited", False, False, 0
+        st.ExitCode, st.FinishedAt = code, format_time(time.time())
+        st.OOMKilled = self._oom_killed(rt)
+        self.store.write_state(self.c, st)
+        with contextlib.suppress(Exception):
+            rt.delete(self.c.id, force=True)
+        return code, None
+
+    def _runtime(self) -> Any:
+        from shale.runtime import get_runtime
+
+        return get_runtime(self.c.host_config.get("Runtime") or "builtin",
+                           self.engine.root / "runtime")
+
+    def _oom_killed(self, rt: Any) -> bool:
+        return bool(self.c.dir.joinpath("oom").exists())
+
+    def _create(self, rt: Any) -> tuple[int, dict[str, int]]:
+        """Make the container's stdio and create it. Returns (pid, fds to pump)."""
+        from shale.runtime import ProcessIO
+
+        if self.tty:
+            io = ProcessIO(terminal=True)
+            pid = rt.create(self.c.id, self.c.bundle, io)
+            master = io.master_fd()
+            self.stdin_w = master
+            return pid, {"tty": master}
+        stdin_r = os.open(os.devnull, os.O_RDONLY)
+        if self.c.config.get("OpenStdin"):
+            stdin_r, self.stdin_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            pid = rt.create(self.c.id, self.c.bundle, ProcessIO(stdin=stdin_r, stdout=out_w,
+                                                                stderr=err_w))
+        finally:
+            for fd in (stdin_r, out_w, err_w):
+                os.close(fd)
+        return pid, {"stdout": out_r, "stderr": err_r}
+
+    # ---- the pump ------------------------------------------------------------------------
+    def _pump(self, pid: int, fds: dict[str, int]) -> int:
+        pidfd = os.pidfd_open(pid)
+        self.sel.register(pidfd, selectors.EVENT_READ, ("exit", None))
+        for name, fd in fds.items():
+            os.set_blocking(fd, False)
+            self.sel.register(fd, selectors.EVENT_READ, ("out", name))
+        exited: int | None = None
+        deadline = None
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            events = self.sel.select(timeout)
+            if not events and deadline is not None:
+                break
+            for key, _ in events:
+                kind, name = key.data
+                if kind == "exit" and exited is None:
+                    exited = _reap(pid)
+                    self.sel.unregister(pidfd)
+                    os.close(pidfd)
+                    deadline = time.monotonic() + 0.5  # drain what the pipes still hold
+                elif kind == "out":
+                    if not self._read_output(key.fd, name):
+                        self.sel.unregister(key.fd)
+                        os.close(key.fd)
+                        fds = {k: v for k, v in fds.items() if v != key.fd}
+                elif kind == "listen":
+                    self._accept()
+                elif kind == "client":
+                    self._client_input(key.fd)
+            if exited is not None and not fds:
+                break
+        for fd in fds.values():
+            with contextlib.suppress(Exception):
+                self.sel.unregister(fd)
+            os.close(fd)
+        if self.stdin_w >= 0 and not self.tty:
+            with contextlib.suppress(OSError):
+                os.close(self.stdin_w)
+        self.stdin_w = -1
+        self.log.flush()
+        return exited if exited is not None else 137
+
+    def _read_output(self, fd: int, name: str) -> bool:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return True
+        except OSError:  # EIO: the pty's other side closed
+            return False
+        if not data:
+            return False
+        stream = "stderr" if name == "stderr" else "stdout"
+        self.log.write(stream, data)
+        kind = ap.STDERR if name == "stderr" else ap.STDOUT
+        self._broadcast(ap.frame(kind, data))
+        return True
+
+    # ---- clients -------------------------------------------------------------------------
+    def _listen(self) -> socket.socket:
+        path = self.c.attach_socket
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            s.bind(f"/proc/self/fd/{dfd}/{path.name}")
+        finally:
+            os.close(dfd)
+        os.chmod(path, 0o600)
+        s.listen(16)
+        s.setblocking(False)
+        self.sel.register(s.fileno(), selectors.EVENT_READ, ("listen", None))
+        return s
+
+    def _wait_first_client(self, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        while not self.clients and time.monotonic() < end:
+            for key, _ in self.sel.select(max(0.0, end - time.monotonic())):
+                if key.data[0] == "listen":
+                    self._accept()
+                elif key.data[0] == "client":
+                    self._client_input(key.fd)
+
+    def _accept(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            conn, _ = self.listener.accept()
+            conn.setblocking(True)
+            self.clients[conn.fileno()] = (conn, ap.FrameReader(), False)
+            self.sel.register(conn.fileno(), selectors.EVENT_READ, ("client", None))
+
+    def _drop(self, fd: int) -> None:
+        conn, _, _ = self.clients.pop(fd)
+        with contextlib.suppress(Exception):
+            self.sel.unregister(fd)
+        conn.close()
+
+    def _client_input(self, fd: int) -> None:
+        conn, reader, wants_stdin = self.clients[fd]
+        try:
+            data = conn.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(fd)
+            return
+        for kind, payload in reader.feed(data):
+            if kind == ap.HELLO:
+                wants_stdin = bool(json.loads(payload).get("stdin"))
+                self.clients[fd] = (conn, reader, wants_stdin)
+            elif kind == ap.STDIN and wants_stdin and self.stdin_w >= 0:
+                with contextlib.suppress(OSError):
+                    os.write(self.stdin_w, payload)
+            elif kind == ap.STDIN_EOF and wants_stdin and not self.tty and self.stdin_w >= 0:
+                os.close(self.stdin_w)
+                self.stdin_w = -1
+            elif kind == ap.RESIZE and self.tty and self.stdin_w >= 0:
+                _resize(self.stdin_w, payload)
+            elif kind == ap.SIGNAL:
+                with contextlib.suppress(Exception):
+                    self._runtime().kill(self.c.id, int(payload))
+
+    def _broadcast(self, data: bytes) -> None:
+        for fd in list(self.clients):
+            try:
+                self.clients[fd][0].sendall(data)
+            except OSError:
+                self._drop(fd)
+
+    # ---- the end -------------------------------------------------------------------------
+    def _status(self, msg: bytes) -> None:
+        if self.status_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self.status_fd, msg)
+                os.close(self.status_fd)
+            self.status_fd = -1
+
+    def _fail(self, st: State, code: int, err: str) -> None:
+        st.Status = "created" if st.StartedAt == "0001-01-01T00:00:00Z" else "exited"
+        st.Running, st.ExitCode, st.Error, st.Pid = False, code, err, 0
+        self.store.write_state(self.c, st)
+        self._status(f"E{code} {err}".encode())
+        self._broadcast(ap.frame(ap.EXIT, json.dumps({"ExitCode": code,
+                                                      "Error": err}).encode()))
+        self.exit_sent = True
+
+    def _finish(self, st: State) -> None:
+        with contextlib.suppress(Exception):
+            self.store.unmount_rootfs(self.c)
+        self.store.write_state(self.c, st)
+        if not self.exit_sent:
+            self._broadcast(ap.frame(ap.EXIT, json.dumps({"ExitCode": st.ExitCode,
+                                                          "Error": ""}).encode()))
+        for fd in list(self.clients):
+            self._drop(fd)
+        with contextlib.suppress(FileNotFoundError):
+            self.c.attach_socket.unlink()
+        if self.c.host_config.get("AutoRemove"):
+            from shale.container_ops import remove_container
+
+            with contextlib.suppress(Exception):
+                remove_container(self.engine, self.c, force=True, volumes=True, locked=True)
+        self._status(b"S")
+
+
+def _reap(pid: int) -> int:
+    """Wait for the container's init; docker's exit code (128+N after signal N). Reap any
+    other orphan the subreaper inherited too."""
+    _, status = os.waitpid(pid, 0)
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _resize(fd: int, payload: bytes) -> None:
+    import fcntl
+    import struct
+    import termios
+
+    try:
+        rows, cols = (int(x) for x in payload.split())
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    except (ValueError, OSError):
+        pass
+
+
+if __name__ == "__main__":  # pragma: no cover - debugging aid
+    print("the monitor is started by shale run/start", file=sys.stderr)
