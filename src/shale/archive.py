@@ -25,14 +25,15 @@ from typing import Any, BinaryIO
 
 from shale import oci
 from shale.compression import decompressed
-from shale.content import ContentStore
+from shale.content import ContentStore, Writer
 from shale.digest import Digest, Hasher
-from shale.errors import DataError, DigestMismatch, InvalidReference, NotFound
+from shale.errors import DataError, DigestMismatch, InvalidReference, NotFound, ShaleError
 from shale.images import Image, ImageStore, LayerRecord
 from shale.refs import Reference
 from shale.tarscan import scan_copy
 
-SMALL = 4 << 20  # members up to this size are kept in memory (configs, manifests, indexes)
+SMALL_HEAD = 64 << 10  # members up to this size are kept in memory whatever they are
+SMALL = 16 << 20  # JSON-like members up to this size too (configs, manifests, indexes)
 Progress = Callable[[str, int], None]
 
 
@@ -171,10 +172,17 @@ def _index_json(manifests: list[tuple[SaveItem, bytes, list[LayerRecord]]]) -> b
 
 
 def _manifest_json(manifests: list[tuple[SaveItem, bytes, list[LayerRecord]]]) -> bytes:
-    out = [{"Config": f"blobs/sha256/{item.image.id.hex}",
+    saved = {item.image.id.value for item, _, _ in manifests}
+    out: list[dict[str, Any]] = []
+    for item, _, layers in manifests:
+        entry: dict[str, Any] = {
+            "Config": f"blobs/sha256/{item.image.id.hex}",
             "RepoTags": [r.familiar for r in item.tags] or None,
             "Layers": [f"blobs/sha256/{x.diff_id.hex}" for x in layers]}
-           for item, _, layers in manifests]
+        # docker writes the parent link only when the parent is saved too
+        if item.image.parent in saved:
+            entry["Parent"] = item.image.parent
+        out.append(entry)
     return oci.dumps(out) + b"\n"
 
 
@@ -194,8 +202,10 @@ class _Member:
     name: str
     raw: Digest | None = None        # sha256 of the member bytes as they are in the archive
     raw_size: int = 0
-    data: bytes | None = None        # kept when small
-    layer: LayerRecord | None = None  # set when the member is a tar layer (stored)
+    data: bytes | None = None        # kept when small or JSON-like (configs, manifests)
+    layer: LayerRecord | None = None  # set when the member was staged as a tar layer
+    staged: Writer | None = None     # the layer's uncompressed bytes, not yet committed
+    error: ShaleError | None = None  # why it could not be staged (raised only if it is used)
     link: str = ""                   # symlink/hardlink target (archive path)
 
 
@@ -205,36 +215,92 @@ class LoadResult:
     images: list[Digest] = field(default_factory=list)
 
 
+def _corrupt_errors() -> tuple[type[BaseException], ...]:
+    """What a decompressor or tarfile raises on damaged input (a truncated gzip raises
+    EOFError, bad deflate data isal's error), turned into DataError by the callers."""
+    from isal.igzip_lib import IsalError
+
+    return (tarfile.TarError, EOFError, OSError, ValueError,
+            IsalError)  # type: ignore[return-value]  # isal's stubs type it as an instance
+
+
+def _stage_layer(content: ContentStore, src: BinaryIO, what: str) -> tuple[Writer, LayerRecord]:
+    """Decompress and check a layer into an ingest file without publishing it: nothing
+    reaches ``blobs/`` before the whole archive is verified, so a bad archive leaves the
+    store exactly as it was."""
+    w = content.writer()
+    try:
+        _, stream = decompressed(src)
+        res = scan_copy(stream, w.write, what=what)
+    except ShaleError:
+        w.discard()
+        raise
+    except _corrupt_errors() as e:
+        w.discard()
+        raise DataError(f"{what}: {e}") from None
+    diff_id = w.digest()
+    return w, LayerRecord(diff_id, diff_id, oci.OCI_LAYER, res.tar_size, res.tar_size,
+                          res.content_size)
+
+
 def _ingest(content: ContentStore, name: str, f: BinaryIO, size: int,
             progress: Progress | None) -> _Member:
-    """Read one member: keep small ones in memory; store big ones as uncompressed layers,
-    hashing the bytes as they are in the archive (OCI blob names) too."""
-    if size <= SMALL:
-        data = f.read()
+    """Read one member: keep small and JSON-like ones in memory; stage the others as
+    uncompressed layers, hashing the bytes as they are in the archive (OCI blob names)
+    too. A member that is not a valid layer keeps its error for when it is referenced:
+    an unused odd file does not fail the load, a bad layer does."""
+    head = f.read(min(size, SMALL_HEAD))
+    if size <= SMALL_HEAD or (size <= SMALL and head.lstrip()[:1] in (b"{", b"[")):
+        data = head + f.read()
         if progress:
             progress("load", size)
         return _Member(name, Digest.of_bytes(data), size, data)
     raw_hash = Hasher()
-    tee = _TeeReader(f, raw_hash, progress)
-    _, stream = decompressed(tee)  # type: ignore[arg-type]
-    with content.writer() as w:
-        res = scan_copy(stream, w.write, what=name)
-        tee.drain()
-        diff_id = w.commit()
-    layer = LayerRecord(diff_id, diff_id, oci.OCI_LAYER, res.tar_size, res.tar_size,
-                        res.content_size)
-    return _Member(name, raw_hash.digest(), raw_hash.size, None, layer)
+    raw_hash.update(head)
+    if progress:
+        progress("load", len(head))
+    tee = _TeeReader(_Prefixed(head, f), raw_hash, progress, skip=len(head))
+    m = _Member(name)
+    try:
+        m.staged, m.layer = _stage_layer(content, tee, name)  # type: ignore[arg-type]
+    except ShaleError as e:
+        m.error = e
+    tee.drain()
+    m.raw, m.raw_size = raw_hash.digest(), raw_hash.size
+    return m
+
+
+class _Prefixed:
+    """``head`` then the rest of ``src``: the bytes already read to sniff a member."""
+
+    def __init__(self, head: bytes, src: BinaryIO) -> None:
+        self.head, self.src = head, src
+
+    def read(self, n: int = -1) -> bytes:
+        if self.head:
+            if n < 0:
+                out, self.head = self.head + self.src.read(), b""
+                return out
+            out, self.head = self.head[:n], self.head[n:]
+            return out
+        return self.src.read(n)
 
 
 class _TeeReader:
-    def __init__(self, src: BinaryIO, h: Hasher, progress: Progress | None) -> None:
-        self.src, self.h, self.progress = src, h, progress
+    """Hashes (and reports) the raw member bytes as the decompressor pulls them; the
+    first ``skip`` bytes were already hashed."""
+
+    def __init__(self, src: _Prefixed, h: Hasher, progress: Progress | None,
+                 skip: int = 0) -> None:
+        self.src, self.h, self.progress, self.skip = src, h, progress, skip
 
     def read(self, n: int = -1) -> bytes:
         data = self.src.read(n)
-        self.h.update(data)
-        if self.progress and data:
-            self.progress("load", len(data))
+        view = data[self.skip:] if self.skip else data
+        self.skip = max(0, self.skip - len(data))
+        self.h.update(view)
+        if self.progress and view:
+            self.progress("load", len(view))
         return data
 
     def drain(self) -> None:
@@ -244,11 +310,13 @@ class _TeeReader:
 
 def _members(content: ContentStore, src: BinaryIO, progress: Progress | None
              ) -> dict[str, _Member]:
-    _, stream = decompressed(src)
     members: dict[str, _Member] = {}
     try:
-        tf = tarfile.open(fileobj=stream, mode="r|", bufsize=1 << 20)
-    except tarfile.TarError as e:
+        _, stream = decompressed(src)
+        tf = tarfile.open(fileobj=stream, mode="r|", bufsize=1 << 20)  # noqa: SIM115
+    except ShaleError:
+        raise
+    except _corrupt_errors() as e:
         raise DataError(f"invalid archive: {e}") from None
     try:
         for ti in tf:
@@ -261,13 +329,31 @@ def _members(content: ContentStore, src: BinaryIO, progress: Progress | None
             elif ti.isfile():
                 f = tf.extractfile(ti)
                 assert f is not None
+                _discard(members.get(name))
                 members[name] = _ingest(content, name, f, ti.size, progress)  # type: ignore[arg-type]
-            tf.members = []  # keep memory flat on archives with many members
-    except tarfile.TarError as e:
+            tf.members = []  # type: ignore[attr-defined]  # flat memory on big archives
+    except ShaleError:
+        _discard_all(members)
+        raise
+    except _corrupt_errors() as e:
+        _discard_all(members)
         raise DataError(f"invalid archive: {e}") from None
+    except BaseException:
+        _discard_all(members)
+        raise
     finally:
         tf.close()
     return members
+
+
+def _discard(m: _Member | None) -> None:
+    if m is not None and m.staged is not None:
+        m.staged.discard()
+
+
+def _discard_all(members: dict[str, _Member]) -> None:
+    for m in members.values():
+        _discard(m)
 
 
 def _lookup(members: dict[str, _Member], path: str, what: str) -> _Member:
@@ -283,13 +369,14 @@ def _lookup(members: dict[str, _Member], path: str, what: str) -> _Member:
 
 
 def _layer_of(content: ContentStore, m: _Member, expected: Digest, what: str) -> LayerRecord:
+    if m.error is not None:
+        raise m.error
     if m.layer is None:
         assert m.data is not None
-        from shale.unpack import store_layer
-
-        m.layer = store_layer(content, io.BytesIO(m.data), what=what)
+        m.staged, m.layer = _stage_layer(content, io.BytesIO(m.data), m.name)
+        m.data = None  # the staged file holds the bytes now
     if m.layer.diff_id != expected:
-        raise DigestMismatch(f"{what}: invalid diffID: expected {expected}, "
+        raise DigestMismatch(f"invalid diffID for {what} ({m.name}): expected {expected}, "
                              f"got {m.layer.diff_id}")
     return m.layer
 
@@ -299,6 +386,7 @@ class _Found:
     config: oci.ImageConfig
     layers: list[LayerRecord]
     tags: list[Reference]
+    parent: str = ""  # manifest.json "Parent" (docker save of build steps)
 
 
 def _from_docker_manifest(content: ContentStore, members: dict[str, _Member]) -> list[_Found]:
@@ -326,10 +414,11 @@ def _from_docker_manifest(content: ContentStore, members: dict[str, _Member]) ->
         tags = []
         for t in item.get("RepoTags") or []:
             ref = Reference.parse(str(t))
-            if ref.tag is None:
+            if ref.tag is None or ref.digest is not None:
                 raise InvalidReference(f"invalid tag {t!r}")
             tags.append(ref)
-        found.append(_Found(config, layers, tags))
+        parent = item.get("Parent") or ""
+        found.append(_Found(config, layers, tags, str(parent)))
     return found
 
 
@@ -397,28 +486,70 @@ def _oci_names(desc: oci.Descriptor) -> list[Reference]:
 
 def load(images: ImageStore, content: ContentStore, src: BinaryIO,
          progress: Progress | None = None) -> LoadResult:
+    """Read the whole archive, verify every image in it, and only then publish: layer
+    blobs are committed from their staged ingest files, then configs, then the image
+    records and tags. Any failure before that leaves blobs, images and tags untouched."""
     members = _members(content, src, progress)
-    if "manifest.json" in members:
-        found = _from_docker_manifest(content, members)
-    elif "index.json" in members:
-        found = _from_oci_index(content, members)
-    else:
-        raise DataError("invalid archive: does not contain a manifest.json or index.json")
-    result = LoadResult()
-    for f in found:
-        content.write_bytes(f.config.raw, f.config.id, what="config")
-        moved = images.publish(f.config, f.layers, tags=f.tags)
-        for name, prev in moved:
-            if prev:
-                ref = Reference.parse(name)
-                result.lines.append(f"The image {ref.familiar} already exists, renaming the "
-                                    f"old one with ID {prev} to empty string")
-        result.images.append(f.config.id)
-        if f.tags:
-            result.lines.extend(f"Loaded image: {t.familiar}" for t in f.tags)
+    try:
+        if "manifest.json" in members:
+            found = _from_docker_manifest(content, members)
+        elif "index.json" in members:
+            found = _from_oci_index(content, members)
         else:
-            result.lines.append(f"Loaded image ID: {f.config.id}")
-    return result
+            raise DataError("invalid archive: does not contain a manifest.json or index.json")
+        parents = _valid_parents(found)
+        staged: dict[Digest, Writer | None] = {
+            m.layer.diff_id: m.staged for m in members.values()
+            if m.layer is not None and m.staged is not None}
+        result = LoadResult()
+        for f in found:
+            _publish_layers(content, f.layers, staged)
+            content.write_bytes(f.config.raw, f.config.id, what="config")
+            moved = images.publish(f.config, f.layers, tags=f.tags,
+                                   parent=parents.get(f.config.id.value, ""))
+            _report(result, f, moved)
+        return result
+    finally:
+        _discard_all(members)
+
+
+def _publish_layers(content: ContentStore, layers: list[LayerRecord],
+                    staged: dict[Digest, Writer | None]) -> None:
+    for lay in layers:
+        w = staged.get(lay.diff_id)
+        if w is not None and w.committed is None:
+            w.commit(lay.diff_id, lay.diff_size, what=f"layer {lay.diff_id}")
+
+
+def _valid_parents(found: list[_Found]) -> dict[str, str]:
+    """docker load's parent links: kept only when the parent is in the same archive, and
+    refused when the parent's history is not the child's minus its last entry
+    (moby ``checkValidParent``)."""
+    by_id = {f.config.id.value: f for f in found}
+    out: dict[str, str] = {}
+    for f in found:
+        parent = by_id.get(f.parent)
+        if parent is None or parent is f:
+            continue
+        mine, theirs = f.config.data.get("history") or [], parent.config.data.get(
+            "history") or []
+        if (mine or theirs) and (len(mine) - len(theirs) != 1 or mine[:len(theirs)] != theirs):
+            raise DataError(f"image {f.parent} is not a valid parent for {f.config.id}")
+        out[f.config.id.value] = f.parent
+    return out
+
+
+def _report(result: LoadResult, f: _Found, moved: list[tuple[str, str | None]]) -> None:
+    for name, prev in moved:
+        if prev:
+            ref = Reference.parse(name)
+            result.lines.append(f"The image {ref.familiar} already exists, renaming the "
+                                f"old one with ID {prev} to empty string")
+    result.images.append(f.config.id)
+    if f.tags:
+        result.lines.extend(f"Loaded image: {t.familiar}" for t in f.tags)
+    else:
+        result.lines.append(f"Loaded image ID: {f.config.id}")
 
 
 def known(images: ImageStore, name: str) -> Image:

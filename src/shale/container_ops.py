@@ -380,3 +380,18 @@ def state_json(st: State) -> dict[str, Any]:
 
 def _unused(*_: Any) -> None:
     _ = (json, Path)
+
+
+def set_paused(engine: Engine, c: Container, paused: bool) -> None:
+    from shale.runtime.cgroups import freeze, thaw
+
+    store = ContainerStore(engine)
+    st = store.state(c)
+    if not st.Running:
+        raise Conflict(f"Container {c.id} is not running")
+    if paused == st.Paused:
+        raise Conflict(f"Container {c.id} is {'already' if paused else 'not'} paused")
+    (freeze if paused else thaw)(c.id)
+    st.Paused = paused
+    st.Status = "paused" if paused else "running"
+    store.write_state(c, st)

@@ -7,13 +7,14 @@ database. Tags point to image IDs. Lookup accepts a name[:tag], name@digest, a f
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from shale.content import ContentStore
-from shale.digest import Digest
-from shale.errors import Conflict, InvalidReference, NotFound
+from shale.digest import Digest, chain_ids
+from shale.errors import Conflict, InvalidReference, NotFound, ShaleError
 from shale.metadata import Metadata
 from shale.oci import ImageConfig
 from shale.refs import Reference
@@ -64,9 +65,9 @@ class ImageStore:
         a full ID, then a reference, then an ID prefix)."""
         text = name.strip()
         hexpart = text[7:] if text.startswith("sha256:") else text
-        if len(hexpart) == 64 and _is_hex(hexpart):
-            if self.meta.one("SELECT 1 FROM images WHERE id=?", ("sha256:" + hexpart,)):
-                return Digest.from_hex(hexpart)
+        if len(hexpart) == 64 and _is_hex(hexpart) and self.meta.one(
+                "SELECT 1 FROM images WHERE id=?", ("sha256:" + hexpart,)):
+            return Digest.from_hex(hexpart)
         ref = self._try_ref(text)
         if ref is not None:
             row = (self.meta.one("SELECT image FROM repo_digests WHERE name=?", (str(ref),))
@@ -81,9 +82,14 @@ class ImageStore:
                 return Digest(rows[0]["id"])
             if len(rows) > 1:
                 raise Conflict(f"multiple IDs found with provided prefix: {hexpart}")
+        # docker's ErrImageDoesNotExist text: a full ID as sha256:<hex>, a name with its
+        # default tag in familiar form ("No such image: busybox:latest")
+        if len(hexpart) == 64 and _is_hex(hexpart):
+            raise NotFound(f"No such image: sha256:{hexpart}")
         if ref is None:
             Reference.parse(text)  # raises docker's message for a malformed name
-        raise NotFound(f"No such image: {name}")
+            raise NotFound(f"No such image: {name}")
+        raise NotFound(f"No such image: {ref.familiar}")
 
     @staticmethod
     def _try_ref(text: str) -> Reference | None:
@@ -111,15 +117,15 @@ class ImageStore:
         return Image(iid, config, row["parent"], row["added"], tags, digests,
                      row["manifest"], row["last_tag_time"])
 
-    def list(self) -> list[Image]:
+    def list(self) -> builtins.list[Image]:
         rows = self.meta.query("SELECT id FROM images")
         return [self.load(r["id"]) for r in rows]
 
-    def children(self, image_id: Digest | str) -> list[str]:
+    def children(self, image_id: Digest | str) -> builtins.list[str]:
         return [r["id"] for r in self.meta.query(
             "SELECT id FROM images WHERE parent=?", (str(image_id),))]
 
-    def layers(self, image: Image) -> list[LayerRecord]:
+    def layers(self, image: Image) -> builtins.list[LayerRecord]:
         out = []
         for d in image.config.diff_ids:
             out.append(self.layer(d))
@@ -139,11 +145,11 @@ class ImageStore:
     # ---- writes -------------------------------------------------------------------------
     def publish(self, config: ImageConfig, layers: Iterable[LayerRecord], *,
                 parent: str = "", tags: Iterable[Reference] = (), manifest: str = "",
-                repo_digest: Reference | None = None) -> list[tuple[str, str | None]]:
+                repo_digest: Reference | None = None) -> builtins.list[tuple[str, str | None]]:
         """Record an image whose blobs are already stored, in one transaction; move tags to
         it. Returns (tag, previous image ID or None) for each tag that was set."""
         now = time.time()
-        moved: list[tuple[str, str | None]] = []
+        moved: builtins.list[tuple[str, str | None]] = []
         with self.meta.transaction() as db:
             for lay in layers:
                 db.execute(
@@ -186,86 +192,136 @@ class ImageStore:
             db.execute("UPDATE layers SET content_size=? WHERE diff_id=?",
                        (size, diff_id.value))
 
-    # ---- delete (docker's daemon/images/image_delete.go rules) --------------------------
+    # ---- delete (docker 20.10 daemon/images/image_delete.go, rule for rule) -------------
     def delete(self, name: str, *, force: bool, users: UsersFn,
-               prune: bool = True) -> list[tuple[str, str]]:
-        """Untag and/or delete; returns ("Untagged"|"Deleted", text) lines in order."""
+               prune: bool = True) -> builtins.list[tuple[str, str]]:
+        """Untag and/or delete; returns ("Untagged"|"Deleted", text) lines in order.
+
+        By name: remove that reference (and the same repository's digest references when
+        it was the last tag of it); the image goes only when no reference is left, and
+        then quietly (a conflict keeps it without an error). By ID: untag everything only
+        when the image has at most one tag ("single reference"), else refuse without -f.
+        Deleting an image also lists the layers (chain IDs) no other image holds, top
+        first, and then prunes untagged parents that have no other child."""
         image_id = self.resolve(name)
-        image = self.load(image_id)
-        out: list[tuple[str, str]] = []
-        using = users(image_id.value)
-        by_id = _is_id_ref(name, image_id)
-        refs = list(image.tags) + list(image.repo_digests)
-        if not by_id:
+        out: builtins.list[tuple[str, str]] = []
+        refs = self._refs(image_id.value)
+        quiet = False
+        if not _is_id_ref(name, image_id):
+            if not force and _is_single_reference(refs):
+                using = users(image_id.value)
+                if using:
+                    raise Conflict(
+                        f'conflict: unable to remove repository reference "{name}" (must '
+                        f"force) - container {using[0][0][:12]} is using its referenced "
+                        f"image {image_id.short}")
             ref = Reference.parse(name).with_default_tag()
-            if len(refs) == 1 and using and not force:
-                raise Conflict(
-                    f'conflict: unable to remove repository reference "{name}" (must force) '
-                    f"- container {using[0][0][:12]} is using its referenced image "
-                    f"{image_id.short}")
-            out.append(("Untagged", ref.familiar))
             self._remove_refs([str(ref)])
-            left = [r for r in refs if r != str(ref)]
-            # digest refs of the same repository go with the last tag of it, as docker
-            if left and all("@" in r for r in left):
-                repo = ref.name
-                same = [r for r in left if Reference.parse(r).name == repo]
-                for r in same:
-                    out.append(("Untagged", Reference.parse(r).familiar))
+            out.append(("Untagged", ref.familiar))
+            refs = self._refs(image_id.value)
+            if ref.digest is None and not any(
+                    "@" not in r and Reference.parse(r).name == ref.name for r in refs):
+                # the repository's last tag went: its digest references go with it
+                same = [r for r in refs if Reference.parse(r).name == ref.name]
+                out.extend(("Untagged", Reference.parse(r).familiar) for r in same)
                 self._remove_refs(same)
-                left = [r for r in left if r not in same]
-            if left:
+                refs = [r for r in refs if r not in same]
+            if refs:
                 return out
-        elif refs:
-            repos = {Reference.parse(r).name for r in refs}
-            if len(repos) > 1 and not force:
-                raise Conflict(f"conflict: unable to delete {image_id.short} (must be forced)"
-                               " - image is referenced in multiple repositories")
-        self._check_conflict(image_id, using, force, allow_refs=True)
-        for r in refs if by_id else []:
-            out.append(("Untagged", Reference.parse(r).familiar))
-        self._remove_refs(refs if by_id else [])
-        self._delete_chain(image_id, out, users, prune)
+            quiet = True
+        elif _is_single_reference(refs):
+            mask = _HARD if force else _HARD | _STOPPED
+            conflict = self._conflict(image_id, mask, users)
+            if conflict is not None:
+                raise conflict[0]
+            out.extend(("Untagged", Reference.parse(r).familiar) for r in refs)
+            self._remove_refs(refs)
+        self._delete_helper(image_id, out, users, force=force, prune=prune, quiet=quiet)
         return out
 
-    def _check_conflict(self, image_id: Digest, using: list[tuple[str, bool]], force: bool,
-                        allow_refs: bool) -> None:
-        if self.children(image_id):
-            raise Conflict(f"conflict: unable to delete {image_id.short} (cannot be forced)"
-                           " - image has dependent child images")
-        running = [c for c, r in using if r]
-        if running:
-            raise Conflict(f"conflict: unable to delete {image_id.short} (cannot be forced)"
-                           f" - image is being used by running container {running[0][:12]}")
-        if using and not force:
-            raise Conflict(f"conflict: unable to delete {image_id.short} (must be forced)"
-                           f" - image is being used by stopped container {using[0][0][:12]}")
+    def _delete_helper(self, image_id: Digest, out: builtins.list[tuple[str, str]], users: UsersFn,
+                       *, force: bool, prune: bool, quiet: bool) -> None:
+        mask = _HARD if force else _HARD | _SOFT
+        conflict = self._conflict(image_id, mask, users)
+        if conflict is not None:
+            error, used = conflict
+            if quiet and (not self._dangling(image_id.value) or used):
+                return  # docker keeps the image silently after an untag or a prune
+            raise error
+        row = self.meta.one("SELECT parent FROM images WHERE id=?", (image_id.value,))
+        parent = row["parent"] if row else ""
+        config = self.load(image_id).config
+        refs = self._refs(image_id.value)
+        out.extend(("Untagged", Reference.parse(r).familiar) for r in refs)
+        with self.meta.transaction() as db:
+            db.execute("DELETE FROM tags WHERE image=?", (image_id.value,))
+            db.execute("DELETE FROM repo_digests WHERE image=?", (image_id.value,))
+            db.execute("DELETE FROM build_cache WHERE child=? OR parent=?",
+                       (image_id.value, image_id.value))
+            db.execute("DELETE FROM images WHERE id=?", (image_id.value,))
+        out.append(("Deleted", image_id.value))
+        out.extend(("Deleted", c) for c in self._released_chains(config))
+        if not prune or not parent or not self.exists(parent):
+            return
+        self._delete_helper(Digest(parent), out, users, force=False, prune=True, quiet=True)
 
-    def _delete_chain(self, image_id: Digest, out: list[tuple[str, str]], users: UsersFn,
-                      prune: bool) -> None:
-        current: str = image_id.value
-        while True:
-            row = self.meta.one("SELECT parent FROM images WHERE id=?", (current,))
-            parent = row["parent"] if row else ""
-            with self.meta.transaction() as db:
-                db.execute("DELETE FROM tags WHERE image=?", (current,))
-                db.execute("DELETE FROM repo_digests WHERE image=?", (current,))
-                db.execute("DELETE FROM build_cache WHERE child=? OR parent=?",
-                           (current, current))
-                db.execute("DELETE FROM images WHERE id=?", (current,))
-            out.append(("Deleted", current))
-            if not prune or not parent or not self.exists(parent):
-                return
-            # an untagged parent with no other child and no user goes too
-            if (self.children(parent) or self._has_refs(parent) or users(parent)):
-                return
-            current = parent
+    def _conflict(self, image_id: Digest, mask: int, users: UsersFn
+                  ) -> tuple[Conflict, bool] | None:
+        """docker's checkImageDeleteConflict: (error, image used by a container)."""
+        def err(hard: bool, why: str) -> Conflict:
+            how = "cannot be forced" if hard else "must be forced"
+            return Conflict(f"conflict: unable to delete {image_id.short} ({how}) - {why}")
+
+        if mask & _CHILD and self.children(image_id):
+            return err(True, "image has dependent child images"), False
+        using = users(image_id.value) if mask & (_RUNNING | _STOPPED) else []
+        running = [c for c, r in using if r]
+        if mask & _RUNNING and running:
+            return err(True, f"image is being used by running container {running[0][:12]}"
+                       ), True
+        if mask & _REFERENCE and self._has_refs(image_id.value):
+            return err(False, "image is referenced in multiple repositories"), False
+        stopped = [c for c, r in using if not r]
+        if mask & _STOPPED and stopped:
+            return err(False, f"image is being used by stopped container {stopped[0][:12]}"
+                       ), True
+        return None
+
+    def _released_chains(self, config: ImageConfig) -> builtins.list[str]:
+        """Chain IDs of ``config``'s layers that no remaining image holds, top first (the
+        layers docker's layer store releases, printed as ``Deleted:`` lines)."""
+        mine = chain_ids(config.diff_ids)
+        if not mine:
+            return []
+        held: set[str] = set()
+        for row in self.meta.query("SELECT id FROM images"):
+            try:
+                other = ImageConfig.parse(self.content.read(Digest(row["id"])))
+            except ShaleError:
+                continue
+            held.update(c.value for c in chain_ids(other.diff_ids))
+        out: builtins.list[str] = []
+        for c in reversed(mine):
+            if c.value in held:
+                break  # a held chain holds every chain beneath it
+            out.append(c.value)
+        return out
+
+    def _refs(self, image_id: str) -> builtins.list[str]:
+        """Every tag and digest reference of an image (normalised names)."""
+        return [r["name"] for r in self.meta.query(
+            "SELECT name FROM tags WHERE image=? UNION ALL "
+            "SELECT name FROM repo_digests WHERE image=? ORDER BY name",
+            (image_id, image_id))]
+
+    def _dangling(self, image_id: str) -> bool:
+        return not self._has_refs(image_id) and not self.children(image_id)
 
     def _has_refs(self, image_id: str) -> bool:
         return bool(self.meta.one("SELECT 1 FROM tags WHERE image=?", (image_id,)) or
                     self.meta.one("SELECT 1 FROM repo_digests WHERE image=?", (image_id,)))
 
-    def _remove_refs(self, names: list[str]) -> None:
+    def _remove_refs(self, names: builtins.list[str]) -> None:
         if not names:
             return
         with self.meta.transaction() as db:
@@ -273,7 +329,7 @@ class ImageStore:
                 db.execute("DELETE FROM tags WHERE name=?", (n,))
                 db.execute("DELETE FROM repo_digests WHERE name=?", (n,))
 
-    def dangling(self) -> list[str]:
+    def dangling(self) -> builtins.list[str]:
         """Untagged images with no child (``images -f dangling=true``)."""
         rows = self.meta.query(
             "SELECT id FROM images i WHERE NOT EXISTS (SELECT 1 FROM tags t WHERE t.image=i.id)"
@@ -284,6 +340,30 @@ class ImageStore:
     def intermediate(self, image_id: str) -> bool:
         """Untagged but with children: hidden by ``images`` unless ``-a``."""
         return not self._has_refs(image_id) and bool(self.children(image_id))
+
+
+# conflict kinds (docker's conflictType bits)
+_CHILD, _RUNNING, _REFERENCE, _STOPPED = 1, 2, 4, 8
+_HARD = _CHILD | _RUNNING
+_SOFT = _REFERENCE | _STOPPED
+
+
+def _is_single_reference(refs: list[str]) -> bool:
+    """docker's isSingleReference: at most one tag, and every reference (tags and
+    digests) in one repository. False for no references."""
+    if len(refs) <= 1:
+        return len(refs) == 1
+    tag: str | None = None
+    digest_repos: set[str] = set()
+    for r in refs:
+        if "@" in r:
+            digest_repos.add(Reference.parse(r).name)
+        elif tag is None:
+            tag = r
+        else:
+            return False
+    name = Reference.parse(tag or refs[0]).name
+    return len(digest_repos) == 1 and name in digest_repos
 
 
 def _is_hex(text: str) -> bool:

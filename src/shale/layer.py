@@ -587,6 +587,8 @@ class _Applier:
         self._make(pfd, head, base, lambda: os.mknod(base, stat.S_IFCHR, 0, dir_fd=pfd))
         if ti.uid or ti.gid:
             os.chown(base, ti.uid, ti.gid, dir_fd=pfd, follow_symlinks=False)
+        ns = _mtime_ns(ti)  # not in moby; makes the upper dir re-export to the same bytes
+        os.utime(base, ns=(ns, ns), dir_fd=pfd, follow_symlinks=False)
 
     def _opaque(self, rel_dir: str) -> None:
         if self.overlay:

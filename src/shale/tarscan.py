@@ -4,7 +4,7 @@ headers, so a layer can be stored (its bytes are its diff_id) and checked withou
 It checks what can be checked from names alone, before anything is stored: entry names and
 hardlink targets that climb out of the root, malformed whiteouts, truncated archives. Writes
 through symlinks are confined later, at apply time, by ``fsroot``. It also sums the bytes of
-regular files: docker's layer size (``history`` SIZE).
+regular files and symlink targets: docker's layer size (``history`` SIZE).
 """
 
 from __future__ import annotations
@@ -154,6 +154,10 @@ def scan_copy(src: BinaryIO, sink: Callable[[bytes], object], what: str = "layer
         data_size = size if typ in (b"0", b"\x00", b"7") else 0
         if typ in (b"0", b"\x00", b"7"):
             res.content_size += size
+        elif typ == b"2":
+            # docker sizes a layer by walking its unpacked dir (directory.Size), where a
+            # symlink counts as the length of its target
+            res.content_size += len(link.encode("utf-8", "surrogateescape"))
         rd.copy(_padded(data_size), what)
     rd.rest()
     res.tar_size = rd.total

@@ -26,6 +26,14 @@ VERB_MODULES: dict[str, str] = {
     "images": "image_cmds", "image": "image_cmds", "tag": "image_cmds", "rmi": "image_cmds",
     "inspect": "image_cmds", "history": "image_cmds", "save": "image_cmds",
     "load": "image_cmds", "import": "image_cmds", "system": "image_cmds",
+    "run": "run_cmds", "create": "run_cmds", "start": "run_cmds", "attach": "run_cmds",
+    "exec": "run_cmds",
+    "ps": "container_cmds", "logs": "container_cmds", "stop": "container_cmds",
+    "restart": "container_cmds", "kill": "container_cmds", "wait": "container_cmds",
+    "rm": "container_cmds", "rename": "container_cmds", "top": "container_cmds",
+    "pause": "container_cmds", "unpause": "container_cmds", "diff": "container_cmds",
+    "commit": "container_cmds", "export": "container_cmds", "cp": "container_cmds",
+    "container": "container_cmds", "volume": "container_cmds",
 }
 
 

@@ -1,30 +1,29 @@
-"""Docker's ``--format``: a Go ``text/template`` subset with the docker CLI's functions.
+"""Docker's ``--format``: a port of Go's ``text/template`` with the docker CLI's functions.
 
-Supported: text, ``{{.Field}}``, ``{{.A.B}}``, ``{{.}}``, ``$`` and ``$var :=`` / ``=``,
-pipelines ``{{.X | json}}``, parenthesised pipelines, string/raw/number/bool/nil
-literals, ``if``/``else if``/``with``/``range`` (``$i, $e :=``) / ``else`` / ``end``,
-trim markers ``{{- -}}``, comments ``{{/* */}}``; docker's functions ``json split join
-title lower upper pad truncate`` and Go's ``and or not len index print printf println eq
-ne lt le gt ge``. Not supported: ``define``/``template``/``block``/``break``/``continue``.
+Language: text, ``{{.Field}}``, ``{{.A.B}}``, ``{{.}}``, ``$``, ``$x :=``/``$x =``,
+pipelines ``{{.X | json}}``, ``( ... )``, string/raw/char/number/bool/nil literals,
+``if``/``else if``/``with``/``range $i, $e :=``/``else``/``end``, trim markers
+``{{- -}}``, comments ``{{/* */}}``. Functions: docker's ``json split join title lower
+upper pad truncate`` and Go's ``and or not len index print printf println eq ne lt le gt
+ge``. Not ported: ``define``, ``template``, ``block``, ``break``, ``continue``.
 
-Go values are modelled by Python ones: a row passed to :func:`render` is a docker
-formatter context (a struct: an unknown field is an error, ``{{json .}}`` sorts its keys
-and escapes ``<>&``); any other ``dict`` is a Go map (a missing key prints
-``<no value>``) and its JSON keeps the dict's order, so pass Go structs in field order.
-``None`` is nil. Errors carry Go's wording: ``template parsing error: template: :1:2:
-executing "" at <.Foo>: can't evaluate field Foo in type *formatter.imageContext``.
+Python values stand for Go ones. A row given to :func:`render` is a docker formatter
+context, a Go struct: an unknown field is an error and ``{{json .}}`` sorts its keys and
+escapes ``<>&`` (docker marshals contexts through a map). Any other dict is a Go map: a
+missing key prints ``<no value>``; its JSON keeps the dict's order, so give structs in
+field order. ``None`` is nil. Errors read as Go's, prefixed as docker prefixes them:
+``template parsing error: template: :1:2: executing "" at <.Foo>: can't evaluate field
+Foo in type *formatter.imageContext``.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from decimal import Decimal
+from dataclasses import dataclass, field
 from typing import Any
 
-from shale.cli.table import tabwrite
+from shale.cli.table import go_format, go_json, go_quote, go_sprintf, go_type, tabwrite
 from shale.errors import InvalidArgument
 
 TABLE_PREFIX = "table"
@@ -40,11 +39,12 @@ def render(
     """Format ``rows`` as ``docker <verb> --format TEMPLATE`` prints them.
 
     As docker's formatter: a ``table`` prefix is cut, surrounding spaces trimmed, literal
-    ``\\t`` and ``\\n`` become tab and newline; each row is followed by a newline. A table
-    gets a header row (the same template run on ``headers``: ``{{.ID}}`` -> ``IMAGE ID``;
-    a field missing from ``headers`` shows upper-cased) and docker's tabwriter alignment.
-    ``type_name`` names the row type in "can't evaluate field" errors. The caller swaps an
-    empty ``table`` for its verb's default format. Raises InvalidArgument.
+    ``\\t`` and ``\\n`` become tab and newline, each row ends with a newline. A table gets
+    a header row (the template run on ``headers``: ``{{.ID}}`` -> ``IMAGE ID``; a field
+    missing there shows upper-cased) and docker's tabwriter alignment. ``type_name`` names
+    the row type in "can't evaluate field" errors (docker's is ``*formatter.imageContext``,
+    ``*formatter.historyContext``, ...). An empty ``table`` is the caller's to replace by
+    its default format. Raises InvalidArgument.
     """
     is_table = template.startswith(TABLE_PREFIX)
     text = template[len(TABLE_PREFIX) :] if is_table else template
@@ -53,12 +53,11 @@ def render(
     body = "".join(tmpl.execute(_Struct(dict(row), type_name, True)) + "\n" for row in rows)
     if not is_table:
         return body
-    header = tmpl.header(headers or {})
-    return tabwrite(header + "\n" + body)
+    return tabwrite(tmpl.header(headers or {}) + "\n" + body)
 
 
 class Template:
-    """A parsed template; ``execute`` runs it on one value."""
+    """A parsed template (InvalidArgument if malformed); ``execute`` runs it on a value."""
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -68,7 +67,11 @@ class Template:
             raise InvalidArgument(f"template parsing error: template: :{err}") from None
 
     def execute(self, data: Any, *, type_name: str | None = None) -> str:
-        """Run on ``data``; with ``type_name``, a dict ``data`` is a Go struct of that type."""
+        """Run on ``data``; with ``type_name`` a dict ``data`` is a Go struct of that type.
+
+        ``docker inspect --format`` is ``Template(fmt).execute(item, type_name=...)`` + "\\n"
+        (no ``table``, no trimming, no ``\\t`` replacement).
+        """
         if type_name is not None and isinstance(data, dict):
             data = _Struct(data, type_name, False)
         out: list[str] = []
@@ -79,13 +82,14 @@ class Template:
         return "".join(out)
 
     def header(self, headers: Mapping[str, str]) -> str:
-        """The table header: the template on the header names; errors cut it short, as Go."""
+        """The table header: this template run on the header names with docker's
+        ``HeaderFunctions``; an error cuts it short, as docker ignores it."""
         out: list[str] = []
         data = _Header(headers)
         try:
             _Exec(self.text, data, out, _HEADER_FUNCS).walk(data, self._nodes)
         except _TemplateError:
-            pass  # docker ignores the header's execution error and keeps what was written
+            pass
         return "".join(out)
 
 
@@ -93,53 +97,79 @@ class Template:
 
 
 class _Missing:
-    """Go's invalid reflect.Value: a missing map key. Prints ``<no value>``."""
+    """Go's invalid ``reflect.Value``, the result of a missing map key."""
 
 
 MISSING = _Missing()
+_NO_FINAL: Any = object()  # a command with no piped-in value; unlike None (nil)
 
 
 @dataclass
 class _Struct:
-    """A Go struct (a docker formatter context): fields are the dict's keys."""
+    """A Go struct: the dict's keys are its fields."""
 
     data: dict[str, Any]
     type_name: str
-    json_as_map: bool  # docker's contexts marshal through a map: sorted keys, HTML escaped
+    json_as_map: bool  # docker's contexts marshal through a map: sorted keys, <>& escaped
 
 
 class _Header(dict[str, str]):
-    """Header names; a field without one shows its name upper-cased."""
-
-    def __init__(self, headers: Mapping[str, str]) -> None:
-        super().__init__(headers)
+    """Header names by field; a field without one shows its name upper-cased."""
 
     def __missing__(self, key: str) -> str:
         return key.upper()
 
 
 class _TemplateError(Exception):
-    """Go's error text after ``template: :`` (``1: unexpected EOF``, ``1:2: executing``)."""
+    """Go's message after ``template: :`` (``1: unexpected EOF``, ``1:2: executing ...``)."""
+
+
+class _CallError(Exception):
+    """A function's own failure, reported as ``error calling NAME: ...``."""
+
+
+def _print(value: Any) -> str:
+    """What an action prints: ``<no value>`` for nil and missing values."""
+    if value is None or value is MISSING:
+        return "<no value>"
+    if isinstance(value, _Struct):
+        return "{" + " ".join(go_format(v) for v in value.data.values()) + "}"
+    return go_format(value)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _type(value: Any) -> str:
+    return value.type_name if isinstance(value, _Struct) else go_type(value)
+
+
+def _truth(value: Any) -> bool:
+    """Go's ``isTrue``: nil, zero and empty are false; a struct is true."""
+    if value is None or value is MISSING:
+        return False
+    return True if isinstance(value, _Struct) else bool(value)
 
 
 # ---------------------------------------------------------------- lexer
 
 _SPACE = " \t\r\n"
 _TOKEN_RE = re.compile(
-    r"""(?P<space>[ \t\r\n]+)|(?P<declare>:=)|(?P<sym>[|()=,])
+    r"""(?P<space>[ \t\r\n]+)|(?P<sym>:=|[|()=,])
     |(?P<string>"(?:[^"\\\n]|\\.)*")|(?P<raw>`[^`]*`)|(?P<char>'(?:[^'\\\n]|\\.)+')
     |(?P<number>[+-]?(?:0[xX][0-9a-fA-F_]+|(?:\d[\d_]*)?\.?\d[\d_]*(?:[eE][+-]?\d+)?))
-    |(?P<field>\.[A-Za-z_][A-Za-z0-9_]*)|(?P<dot>\.)|(?P<variable>\$[A-Za-z0-9_]*)
-    |(?P<ident>[A-Za-z_][A-Za-z0-9_]*)""",
-    re.VERBOSE,
+    |(?P<field>\.[A-Za-z_]\w*)|(?P<dot>\.)|(?P<variable>\$\w*)|(?P<ident>[A-Za-z_]\w*)""",
+    re.VERBOSE | re.ASCII,
 )
 _KEYWORDS = {"if", "else", "end", "range", "with", "define", "template", "block", "break"}
-_KEYWORDS |= {"continue"}
+_KEYWORDS |= {"continue", "nil", "true", "false"}
+_UNTERMINATED = {'"': "quoted string", "`": "raw quoted string", "'": "character constant"}
 
 
 @dataclass
 class _Tok:
-    kind: str
+    kind: str  # text, eof, {{, }}, a symbol itself, a keyword itself, or a _TOKEN_RE group
     text: str
     pos: int
 
@@ -149,85 +179,62 @@ def _line(src: str, pos: int) -> int:
 
 
 def _lex(src: str) -> list[_Tok]:
-    """Split into text and action tokens; trim markers and comments are applied here."""
+    """Text and action tokens; trim markers and comments are applied here."""
     toks: list[_Tok] = []
     i = 0
-    while True:
-        j = src.find("{{", i)
-        if j < 0:
-            toks.append(_Tok("text", src[i:], i))
-            toks.append(_Tok("eof", "", len(src)))
-            return toks
-        text = src[i:j]
-        start = j + 2
+    while (j := src.find("{{", i)) >= 0:
+        text, start = src[i:j], j + 2
         if src[start : start + 1] == "-" and src[start + 1 : start + 2] in tuple(_SPACE):
             text, start = text.rstrip(_SPACE), start + 2
         toks.append(_Tok("text", text, i))
-        i = _lex_action(src, start, toks)
-        if toks[-1].kind == "rtrim":
-            toks.pop()
-            while i < len(src) and src[i] in _SPACE:
-                i += 1
+        i, trim = _lex_action(src, start, toks)
+        while trim and i < len(src) and src[i] in _SPACE:
+            i += 1
+    toks += [_Tok("text", src[i:], i), _Tok("eof", "", len(src))]
+    return toks
 
 
-def _lex_action(src: str, i: int, toks: list[_Tok]) -> int:
+def _lex_action(src: str, i: int, toks: list[_Tok]) -> tuple[int, bool]:
+    """Tokens of one action from after ``{{``; returns where text resumes and if trimmed."""
     line = _line(src, i)
     if src.startswith("/*", i):
-        return _lex_comment(src, i, toks, line)
+        end = src.find("*/", i + 2)
+        if end < 0:
+            raise _TemplateError(f"{line}: unclosed comment")
+        for close, trim in (("}}", False), (" -}}", True)):
+            if src.startswith(close, end + 2):
+                return end + 2 + len(close), trim
+        raise _TemplateError(f"{line}: comment ends before closing delimiter")
     toks.append(_Tok("{{", "{{", i))
-    while True:
-        if i >= len(src):
-            raise _TemplateError(f"{line}: unclosed action")
-        if src.startswith("}}", i):
-            toks.append(_Tok("}}", "}}", i))
-            return i + 2
-        if src[i] in _SPACE and src.startswith("-}}", i + 1):
-            toks.append(_Tok("}}", "}}", i + 2))
-            toks.append(_Tok("rtrim", "", i))
-            return i + 4
+    while i < len(src):
+        for close, trim in (("}}", False), (" -}}", True), ("\t-}}", True), ("\n-}}", True)):
+            if src.startswith(close, i):
+                toks.append(_Tok("}}", "}}", i + len(close) - 2))
+                return i + len(close), trim
         m = _TOKEN_RE.match(src, i)
-        if m is None or m.end() == i:
-            return _lex_bad(src, i, line)
+        if m is None:
+            what = _UNTERMINATED.get(src[i])
+            if what:
+                raise _TemplateError(f"{line}: unterminated {what}")
+            ch = src[i]
+            raise _TemplateError(
+                f"{line}: unrecognized character in action: U+{ord(ch):04X} {ch!r}"
+            )
         kind = m.lastgroup or ""
-        if kind == "ident" and m.group() in _KEYWORDS:
+        if kind == "sym" or m.group() in _KEYWORDS:
             kind = m.group()
-        elif kind == "ident" and m.group() in ("true", "false", "nil"):
-            kind = "bool" if m.group() != "nil" else "nil"
         toks.append(_Tok(kind, m.group(), i))
         i = m.end()
+    raise _TemplateError(f"{line}: unclosed action")
 
 
-def _lex_comment(src: str, i: int, toks: list[_Tok], line: int) -> int:
-    end = src.find("*/", i + 2)
-    if end < 0:
-        raise _TemplateError(f"{line}: unclosed comment")
-    i = end + 2
-    if src.startswith("}}", i):
-        return i + 2
-    if src.startswith(" -}}", i):
-        toks.append(_Tok("rtrim", "", i))
-        return i + 4
-    raise _TemplateError(f"{line}: comment ends before closing delimiter")
-
-
-def _lex_bad(src: str, i: int, line: int) -> int:
-    ch = src[i]
-    if ch == '"':
-        raise _TemplateError(f"{line}: unterminated quoted string")
-    if ch == "`":
-        raise _TemplateError(f"{line}: unterminated raw quoted string")
-    if ch == "'":
-        raise _TemplateError(f"{line}: unterminated character constant")
-    raise _TemplateError(f"{line}: unrecognized character in action: U+{ord(ch):04X} {ch!r}")
-
-
-# ---------------------------------------------------------------- parser
+# ---------------------------------------------------------------- parse tree
 
 
 @dataclass
 class _Node:
     pos: int
-    text: str  # source text, shown in errors as "at <...>"
+    text: str  # the source, shown in errors as "at <...>"
 
 
 @dataclass
@@ -236,91 +243,62 @@ class _Text(_Node):
 
 
 @dataclass
-class _Field(_Node):
-    names: tuple[str, ...]
-
-
-@dataclass
-class _Var(_Node):
-    name: str
-    names: tuple[str, ...]
-
-
-@dataclass
-class _Dot(_Node):
-    pass
+class _Lit(_Node):
+    kind: str  # string, number, bool, nil, dot
+    value: Any = None
 
 
 @dataclass
 class _Ident(_Node):
-    name: str
+    """A function name."""
 
 
 @dataclass
-class _Lit(_Node):
-    value: Any
-    kind: str  # string, number, bool, nil
+class _Field(_Node):
+    """``.A.B`` (base None: from dot), ``$x.A`` (base "$x"), ``(pipe).A`` (base a node)."""
 
-
-@dataclass
-class _Chain(_Node):
-    node: _Node
+    base: str | _Node | None
     names: tuple[str, ...]
 
 
 @dataclass
-class _Cmd(_Node):
-    args: list[_Node]
-
-
-@dataclass
 class _Pipe(_Node):
-    decls: list[str]
-    assign: bool
-    cmds: list[_Cmd]
+    cmds: list[list[_Node]]  # each command: its operands
+    decls: list[str] = field(default_factory=list)
+    assign: bool = False
 
 
 @dataclass
 class _Action(_Node):
+    kind: str  # print, if, with, range
     pipe: _Pipe
+    body: list[_Node] = field(default_factory=list)
+    alt: list[_Node] | None = None
 
 
-@dataclass
-class _Branch(_Node):
-    kind: str  # if, with, range
-    pipe: _Pipe
-    body: list[_Node]
-    alt: list[_Node] | None
-
-
-_OPERAND_START = {"bool", "char", "dot", "field", "ident", "number", "nil", "raw", "string"}
-_OPERAND_START |= {"variable", "("}
+_OPERAND_START = {"true", "false", "char", "dot", "field", "ident", "number", "nil", "raw"}
+_OPERAND_START |= {"string", "variable", "("}
 _ESCAPE_RE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|[0-7]{3}|.)")
 _SIMPLE_ESCAPES = dict(zip("abfnrtv\\'\"", "\a\b\f\n\r\t\v\\'\"", strict=True))
 
 
 class _Parser:
-    """Go's ``text/template/parse``, for the node kinds above."""
+    """Go's ``text/template/parse``, recursive descent over the tokens."""
 
     def __init__(self, src: str) -> None:
-        self.src = src
-        self.toks = [_Tok(t.text, t.text, t.pos) if t.kind in ("sym", "declare") else t for t in _lex(src)]
-        self.i = 0
+        self.src, self.toks, self.i = src, _lex(src), 0
         self.vars = ["$"]
 
-    def next(self) -> _Tok:
+    def next(self, skip_space: bool = True) -> _Tok:
         tok = self.toks[self.i]
         self.i += 1
+        while skip_space and tok.kind == "space":
+            tok = self.toks[self.i]
+            self.i += 1
         return tok
 
-    def next_non_space(self) -> _Tok:
+    def peek(self) -> _Tok:
         tok = self.next()
-        while tok.kind == "space":
-            tok = self.next()
-        return tok
-
-    def peek_non_space(self) -> _Tok:
-        tok = self.next_non_space()
         self.i -= 1
         return tok
 
@@ -330,10 +308,10 @@ class _Parser:
     def unexpected(self, tok: _Tok, context: str) -> _TemplateError:
         if tok.kind == "eof":
             shown = "EOF"
-        elif tok.kind in _KEYWORDS:
+        elif tok.kind in _KEYWORDS - {"true", "false"} or tok.kind == "dot":
             shown = f"<{tok.text}>"
         else:
-            shown = _go_quote(tok.text[:10]) + ("..." if len(tok.text) > 10 else "")
+            shown = go_quote(tok.text[:10]) + ("..." if len(tok.text) > 10 else "")
         return self.fail(tok, f"unexpected {shown} in {context}")
 
     def parse(self) -> list[_Node]:
@@ -343,211 +321,179 @@ class _Parser:
         return body
 
     def item_list(self) -> tuple[list[_Node], _Tok]:
-        """Nodes up to EOF, ``{{end}}`` or ``{{else``; also returns the token that ended them."""
+        """Nodes up to EOF, ``{{end`` or ``{{else``, and the token that ended them."""
         nodes: list[_Node] = []
-        while True:
-            tok = self.next()
-            if tok.kind == "eof":
-                return nodes, tok
+        while (tok := self.next(skip_space=False)).kind != "eof":
             if tok.kind == "text":
-                if tok.text:
-                    nodes.append(_Text(tok.pos, tok.text, tok.text))
+                nodes += [_Text(tok.pos, tok.text, tok.text)] if tok.text else []
                 continue
-            kw = self.next_non_space()
+            kw = self.next()
             if kw.kind in ("end", "else"):
                 return nodes, kw
             if kw.kind in ("if", "with", "range"):
                 nodes.append(self.control(kw))
-            elif kw.kind in _KEYWORDS:
+            elif kw.kind in ("define", "template", "block", "break", "continue"):
                 raise self.fail(kw, f"{{{{{kw.kind}}}}} is not supported")
             else:
                 self.i -= 1
-                nodes.append(_Action(kw.pos, "", self.pipeline("command", "}}")))
+                nodes.append(_Action(kw.pos, "", "print", self.pipeline("command", "}}")))
+        return nodes, tok
 
-    def control(self, kw: _Tok) -> _Branch:
+    def control(self, kw: _Tok) -> _Action:
+        """``if``/``with``/``range`` up to its ``{{end}}``; ``{{else if}}`` nests."""
         mark = len(self.vars)
-        pipe = self.pipeline(kw.kind, "}}")
-        body, end = self.item_list()
-        alt: list[_Node] | None = None
+        node = _Action(kw.pos, kw.text, kw.kind, self.pipeline(kw.kind, "}}"))
+        node.body, end = self.item_list()
         if end.kind == "else":
-            nxt = self.next_non_space()
-            if nxt.kind == kw.kind and kw.kind != "range":  # {{else if}}: one {{end}} closes both
-                alt = [self.control(nxt)]
+            nxt = self.next()
+            if nxt.kind == kw.kind != "range":  # one {{end}} closes the whole chain
+                node.alt = [self.control(nxt)]
                 del self.vars[mark:]
-                return _Branch(kw.pos, kw.text, kw.kind, pipe, body, alt)
+                return node
             if nxt.kind != "}}":
                 raise self.unexpected(nxt, "else")
-            alt, end = self.item_list()
+            node.alt, end = self.item_list()
             if end.kind == "else":
                 raise self.fail(end, "expected end; found {{else}}")
         if end.kind == "eof":
             raise self.fail(end, "unexpected EOF")
-        close = self.next_non_space()
-        if close.kind != "}}":
+        if (close := self.next()).kind != "}}":
             raise self.unexpected(close, "end")
         del self.vars[mark:]
-        return _Branch(kw.pos, kw.text, kw.kind, pipe, body, alt)
+        return node
 
     def pipeline(self, context: str, end: str) -> _Pipe:
-        start = self.peek_non_space().pos
-        decls, assign = self.declarations(context)
-        cmds: list[_Cmd] = []
-        while True:
-            tok = self.next_non_space()
-            if tok.kind == end:
-                if not cmds:
-                    raise self.fail(tok, f"missing value for {context}")
-                for n, cmd in enumerate(cmds[1:], start=2):
-                    if isinstance(cmd.args[0], _Lit | _Dot):
-                        raise self.fail(tok, f"non executable command in pipeline stage {n}")
-                return _Pipe(start, self.src[start : tok.pos].strip(), decls, assign, cmds)
+        pipe = _Pipe(self.peek().pos, "", [])
+        self.declarations(pipe, context)
+        while (tok := self.next()).kind != end:
             if tok.kind not in _OPERAND_START:
                 raise self.unexpected(tok, context)
             self.i -= 1
-            cmds.append(self.command())
+            pipe.cmds.append(self.command())
+        if not pipe.cmds:
+            raise self.fail(tok, f"missing value for {context}")
+        for stage, cmd in enumerate(pipe.cmds[1:], start=2):
+            if isinstance(cmd[0], _Lit):
+                raise self.fail(tok, f"non executable command in pipeline stage {stage}")
+        pipe.text = self.src[pipe.pos : tok.pos].strip()
+        return pipe
 
-    def declarations(self, context: str) -> tuple[list[str], bool]:
+    def declarations(self, pipe: _Pipe, context: str) -> None:
+        """``$x :=``, ``$x =`` or, in ``range``, ``$i, $e :=``; nothing if absent."""
         save = self.i
-        first = self.next_non_space()
-        if first.kind == "variable":
-            op = self.next_non_space()
+        if (first := self.next()).kind == "variable":
+            op = self.next()
+            if op.kind == "=" and first.text not in self.vars:
+                raise self.fail(first, f"undefined variable {go_quote(first.text)}")
             if op.kind in (":=", "="):
-                if op.kind == "=" and first.text not in self.vars:
-                    raise self.fail(first, f"undefined variable {_go_quote(first.text)}")
+                pipe.decls, pipe.assign = [first.text], op.kind == "="
                 self.vars.append(first.text)
-                return [first.text], op.kind == "="
+                return
             if op.kind == "," and context == "range":
-                second = self.next_non_space()
-                if second.kind == "variable" and self.next_non_space().kind == ":=":
-                    self.vars += [first.text, second.text]
-                    return [first.text, second.text], False
-                raise self.fail(op, "range can only initialize variables")
+                second = self.next()
+                if second.kind != "variable" or self.next().kind != ":=":
+                    raise self.fail(op, "range can only initialize variables")
+                pipe.decls = [first.text, second.text]
+                self.vars += pipe.decls
+                return
         self.i = save
-        return [], False
 
-    def command(self) -> _Cmd:
+    def command(self) -> list[_Node]:
+        """Space-separated operands up to ``|``, ``}}`` or ``)``."""
         args: list[_Node] = []
-        start = self.peek_non_space().pos
         while True:
-            self.peek_non_space()
-            operand = self.operand()
-            if operand is not None:
+            if (operand := self.operand()) is not None:
                 args.append(operand)
-            tok = self.next()
+            tok = self.next(skip_space=False)
             if tok.kind == "space":
                 continue
             if tok.kind in ("}}", ")"):
                 self.i -= 1
             elif tok.kind != "|":
                 raise self.unexpected(tok, "operand")
-            break
-        if not args:
-            raise self.fail(self.toks[self.i], "empty command")
-        return _Cmd(start, " ".join(a.text for a in args), args)
+            if not args:
+                raise self.fail(tok, "empty command")
+            return args
 
     def operand(self) -> _Node | None:
         node = self.term()
         if node is None or self.toks[self.i].kind != "field":
             return node
-        pos = self.toks[self.i].pos
-        names: list[str] = []
+        pos, names = self.toks[self.i].pos, []  # Go places a chain at its second field
         while self.toks[self.i].kind == "field":
-            names.append(self.next().text[1:])
+            names.append(self.next(skip_space=False).text[1:])
         text = node.text + "".join("." + n for n in names)
         if isinstance(node, _Field):
-            return _Field(pos, text, node.names + tuple(names))
-        if isinstance(node, _Var):
-            return _Var(pos, text, node.name, node.names + tuple(names))
-        if isinstance(node, _Lit | _Dot):
-            raise self.fail(self.toks[self.i], f"unexpected . after term {_go_quote(node.text)}")
-        return _Chain(pos, text, node, tuple(names))
+            return _Field(pos, text, node.base, node.names + tuple(names))
+        if isinstance(node, _Lit):
+            raise self.fail(self.toks[self.i], f"unexpected . after term {go_quote(node.text)}")
+        return _Field(pos, text, node, tuple(names))
 
     def term(self) -> _Node | None:
-        tok = self.next_non_space()
+        tok = self.next()
         kind, text, pos = tok.kind, tok.text, tok.pos
         if kind == "ident":
             if text not in _FUNCS:
-                raise self.fail(tok, f"function {_go_quote(text)} not defined")
-            return _Ident(pos, text, text)
+                raise self.fail(tok, f"function {go_quote(text)} not defined")
+            return _Ident(pos, text)
         if kind == "variable":
             if text not in self.vars:
-                raise self.fail(tok, f"undefined variable {_go_quote(text)}")
-            return _Var(pos, text, text, ())
+                raise self.fail(tok, f"undefined variable {go_quote(text)}")
+            return _Field(pos, text, text, ())
         if kind == "field":
-            return _Field(pos, text, (text[1:],))
+            return _Field(pos, text, None, (text[1:],))
         if kind == "(":
             pipe = self.pipeline("parenthesized pipeline", ")")
-            return _Pipe(pos, self.src[pos : self.toks[self.i - 1].pos + 1], *_pipe_parts(pipe))
-        simple = self.literal(tok)
-        if simple is None:
-            self.i -= 1
-        return simple
-
-    def literal(self, tok: _Tok) -> _Node | None:
-        kind, text, pos = tok.kind, tok.text, tok.pos
-        if kind == "dot":
-            return _Dot(pos, ".")
-        if kind == "nil":
-            return _Lit(pos, text, None, "nil")
-        if kind == "bool":
-            return _Lit(pos, text, text == "true", "bool")
+            pipe.pos, pipe.text = pos, f"({pipe.text})"
+            return pipe
+        if kind in ("dot", "nil"):
+            return _Lit(pos, text, kind)
+        if kind in ("true", "false"):
+            return _Lit(pos, text, "bool", kind == "true")
         if kind == "number":
-            return _Lit(pos, text, _number(text, self.fail(tok, "bad number syntax")), "number")
+            return _Lit(pos, text, "number", self.number(tok))
         if kind == "char":
-            return _Lit(pos, text, ord(self.unquote(tok, text[1:-1])), "number")
+            return _Lit(pos, text, "number", ord(self.unquote(tok, text[1:-1])))
         if kind == "string":
-            return _Lit(pos, text, self.unquote(tok, text[1:-1]), "string")
+            return _Lit(pos, text, "string", self.unquote(tok, text[1:-1]))
         if kind == "raw":
-            return _Lit(pos, text, text[1:-1].replace("\r", ""), "string")
+            return _Lit(pos, text, "string", text[1:-1].replace("\r", ""))
+        self.i -= 1
         return None
+
+    def number(self, tok: _Tok) -> int | float:
+        clean = tok.text.replace("_", "")
+        try:
+            if re.fullmatch(r"[+-]?0[xX][0-9a-fA-F]+", clean):
+                return int(clean, 16)
+            return int(clean) if re.fullmatch(r"[+-]?\d+", clean) else float(clean)
+        except ValueError:
+            raise self.fail(tok, f"bad number syntax: {go_quote(tok.text)}") from None
 
     def unquote(self, tok: _Tok, body: str) -> str:
         def one(m: re.Match[str]) -> str:
             esc = m.group(1)
             if esc in _SIMPLE_ESCAPES:
                 return _SIMPLE_ESCAPES[esc]
-            if esc[0] in "xuU":
-                return chr(int(esc[1:], 16))
-            if esc.isdigit():
-                return chr(int(esc, 8))
+            if esc[0] in "xuU" or esc.isdigit():
+                return chr(int(esc[1:], 16) if esc[0] in "xuU" else int(esc, 8))
             raise self.fail(tok, "invalid syntax")
 
         return _ESCAPE_RE.sub(one, body)
 
 
-def _pipe_parts(pipe: _Pipe) -> tuple[list[str], bool, list[_Cmd]]:
-    return pipe.decls, pipe.assign, pipe.cmds
-
-
-def _number(text: str, err: _TemplateError) -> int | float:
-    clean = text.replace("_", "")
-    try:
-        if re.fullmatch(r"[+-]?(0[xX][0-9a-fA-F]+|\d+)", clean):
-            return int(clean, 16) if clean.lstrip("+-")[:2] in ("0x", "0X") else int(clean)
-        return float(clean)
-    except ValueError:
-        raise err from None
-
-
 # ---------------------------------------------------------------- execution
-
-_NO_FINAL: Any = object()  # no piped value; distinct from None (nil)
-
-
-class _CallError(Exception):
-    """A function's own error; Go reports it as ``error calling NAME: ...``."""
 
 
 class _Exec:
-    """Go's ``text/template`` executor for one run."""
+    """Go's ``text/template`` executor, for one run writing into ``out``."""
 
     def __init__(self, src: str, root: Any, out: list[str], funcs: Mapping[str, _Func]) -> None:
         self.src, self.out, self.funcs = src, out, funcs
         self.vars: list[tuple[str, Any]] = [("$", root)]
 
     def fail(self, node: _Node, msg: str) -> _TemplateError:
-        line_start = self.src.rfind("\n", 0, node.pos) + 1
-        col = len(self.src[line_start : node.pos].encode())
+        col = len(self.src[self.src.rfind("\n", 0, node.pos) + 1 : node.pos].encode())
         where = f'{_line(self.src, node.pos)}:{col}: executing "" at <{node.text}>'
         return _TemplateError(f"{where}: {msg}")
 
@@ -556,30 +502,29 @@ class _Exec:
             if isinstance(node, _Text):
                 self.out.append(node.value)
             elif isinstance(node, _Action):
-                value = self.pipe(dot, node.pipe)
-                if not node.pipe.decls:
-                    self.out.append(_print(value))
-            elif isinstance(node, _Branch):
                 mark = len(self.vars)
-                self.branch(dot, node)
-                del self.vars[mark:]
+                self.action(dot, node)
+                if node.kind != "print":  # a control's variables end with it
+                    del self.vars[mark:]
 
-    def branch(self, dot: Any, node: _Branch) -> None:
+    def action(self, dot: Any, node: _Action) -> None:
         value = self.pipe(dot, node.pipe)
-        if node.kind == "range":
+        if node.kind == "print":
+            self.out.append("" if node.pipe.decls else _print(value))
+        elif node.kind == "range":
             self.range(dot, node, value)
         elif _truth(value):
             self.walk(value if node.kind == "with" else dot, node.body)
         elif node.alt is not None:
             self.walk(dot, node.alt)
 
-    def range(self, dot: Any, node: _Branch, value: Any) -> None:
+    def range(self, dot: Any, node: _Action, value: Any) -> None:
         if value is None or value is MISSING:
             items: list[tuple[Any, Any]] = []
         elif isinstance(value, list | tuple):
             items = list(enumerate(value))
-        elif isinstance(value, dict):
-            items = sorted(value.items(), key=lambda kv: _sort_key(kv[0]))
+        elif isinstance(value, dict):  # Go visits a map in key order
+            items = sorted(value.items(), key=lambda kv: (type(kv[0]).__name__, kv[0]))
         else:
             raise self.fail(node.pipe, f"range can't iterate over {_print(value)}")
         if not items and node.alt is not None:
@@ -587,7 +532,8 @@ class _Exec:
         decls, mark = node.pipe.decls, len(self.vars)
         for key, elem in items:
             if decls:  # one variable takes the element; two take key and element
-                self.vars[mark - len(decls) : mark] = list(zip(decls, [key, elem][-len(decls) :]))
+                pairs = zip(decls, [key, elem][-len(decls) :], strict=True)
+                self.vars[mark - len(decls) : mark] = list(pairs)
             self.walk(elem, node.body)
             del self.vars[mark:]
 
@@ -597,20 +543,28 @@ class _Exec:
             value = self.command(dot, cmd, value)
         for name in pipe.decls:
             if pipe.assign:
-                idx = max(i for i, (n, _) in enumerate(self.vars) if n == name)
-                self.vars[idx] = (name, value)
+                self.vars[self.var_index(pipe, name)] = (name, value)
             else:
                 self.vars.append((name, value))
         return value
 
-    def command(self, dot: Any, cmd: _Cmd, final: Any) -> Any:
-        first = cmd.args[0]
+    def var_index(self, node: _Node, name: str) -> int:
+        """The innermost variable of that name; one declared in a branch not taken is
+        known to the parser but not here, as in Go."""
+        for i in range(len(self.vars) - 1, -1, -1):
+            if self.vars[i][0] == name:
+                return i
+        raise self.fail(node, f"undefined variable: {name}")
+
+    def command(self, dot: Any, args: list[_Node], final: Any) -> Any:
+        first = args[0]
         if isinstance(first, _Ident):
-            return self.call(dot, first, cmd.args[1:], final)
-        has_args = len(cmd.args) > 1 or final is not _NO_FINAL
-        if isinstance(first, _Field | _Var | _Chain):
-            return self.chain(dot, first, has_args)
-        if has_args:
+            cmd = _Node(first.pos, " ".join(a.text for a in args))
+            return self.call(dot, first, args[1:], final, cmd)
+        nargs = len(args) - 1 + (final is not _NO_FINAL)
+        if isinstance(first, _Field):
+            return self.field(dot, first, nargs)
+        if nargs:
             raise self.fail(first, f"can't give argument to non-function {first.text}")
         if isinstance(first, _Lit) and first.kind == "nil":
             raise self.fail(first, "nil is not a command")
@@ -618,67 +572,66 @@ class _Exec:
 
     def value(self, dot: Any, node: _Node) -> Any:
         if isinstance(node, _Lit):
-            return node.value
-        if isinstance(node, _Dot):
-            return dot
+            return dot if node.kind == "dot" else node.value
         if isinstance(node, _Pipe):
             return self.pipe(dot, node)
         if isinstance(node, _Ident):
-            return self.call(dot, node, [], _NO_FINAL)
-        return self.chain(dot, node, False)
+            return self.call(dot, node, [], _NO_FINAL, node)
+        assert isinstance(node, _Field)
+        return self.field(dot, node, 0)
 
-    def chain(self, dot: Any, node: _Node, has_args: bool) -> Any:
-        if isinstance(node, _Field):
-            receiver, names = dot, node.names
-        elif isinstance(node, _Var):
-            receiver = next(v for n, v in reversed(self.vars) if n == node.name)
-            names = node.names
+    def field(self, dot: Any, node: _Field, nargs: int) -> Any:
+        if node.base is None:
+            value = dot
+        elif isinstance(node.base, str):
+            value = self.vars[self.var_index(node, node.base)][1]
         else:
-            assert isinstance(node, _Chain)
-            receiver, names = self.value(dot, node.node), node.names
-        for i, name in enumerate(names):
-            receiver = self.field(node, receiver, name, has_args and i == len(names) - 1)
-        if has_args and not names:
+            value = self.value(dot, node.base)
+        if nargs and not node.names:
             raise self.fail(node, f"can't give argument to non-function {node.text}")
-        return receiver
+        for name in node.names:
+            value = self.lookup(node, value, name, nargs if name is node.names[-1] else 0)
+        return value
 
-    def field(self, node: _Node, receiver: Any, name: str, has_args: bool) -> Any:
+    def lookup(self, node: _Node, receiver: Any, name: str, nargs: int) -> Any:
         if isinstance(receiver, _Struct):
             if name not in receiver.data:
                 raise self.fail(node, f"can't evaluate field {name} in type {receiver.type_name}")
-            if has_args:
-                raise self.fail(node, f"{name} has arguments but cannot be invoked as function")
+            if nargs:  # docker's context fields are methods taking no arguments
+                raise self.fail(node, f"wrong number of args for {name}: want 0 got {nargs}")
             return receiver.data[name]
         if isinstance(receiver, dict):
-            if has_args:
+            if nargs:
                 raise self.fail(node, f"{name} is not a method but has arguments")
             return receiver[name] if isinstance(receiver, _Header) else receiver.get(name, MISSING)
         if receiver is MISSING:
             return MISSING
         if receiver is None:
             raise self.fail(node, f"nil pointer evaluating interface {{}}.{name}")
-        raise self.fail(node, f"can't evaluate field {name} in type {_go_type(receiver)}")
+        raise self.fail(node, f"can't evaluate field {name} in type {_type(receiver)}")
 
-    def call(self, dot: Any, ident: _Ident, args: list[_Node], final: Any) -> Any:
-        func = self.funcs[ident.name]
-        count = len(args) + (final is not _NO_FINAL)
-        fixed = len(func.params)
+    def call(self, dot: Any, ident: _Ident, args: list[_Node], final: Any, cmd: _Node) -> Any:
+        func = self.funcs[ident.text]
+        count, fixed = len(args) + (final is not _NO_FINAL), len(func.params)
         if count != fixed and not (func.variadic and count >= fixed):
             want = f"at least {fixed}" if func.variadic else str(fixed)
-            raise self.fail(ident, f"wrong number of args for {ident.name}: want {want} got {count}")
+            msg = f"wrong number of args for {ident.text}: want {want} got {count}"
+            raise self.fail(ident, msg)
         kinds = [*func.params, *[func.variadic or "any"] * (count - fixed)]
-        if func.lazy:  # and/or: Go evaluates arguments only as far as needed
-            return func.fn(*(lambda n=n: self.arg(dot, n, "any") for n in args), final)
-        values = [self.arg(dot, n, k) for n, k in zip(args, kinds, strict=False)]
-        if final is not _NO_FINAL:
-            values.append(self.check(ident, final, kinds[-1]))
+        if func.lazy:  # and/or stop evaluating at the first deciding argument, as Go 1.18+
+            values: list[Any] = [lambda n=n: self.arg(dot, n, "any") for n in args]
+            values += [] if final is _NO_FINAL else [lambda: final]
+        else:
+            values = [self.arg(dot, n, k) for n, k in zip(args, kinds, strict=False)]
+            values += [] if final is _NO_FINAL else [self.check(ident, final, kinds[-1])]
         try:
             return func.fn(*values)
         except _CallError as err:
-            raise self.fail(ident, f"error calling {ident.name}: {err}") from None
+            raise self.fail(cmd, f"error calling {ident.text}: {err}") from None
 
     def arg(self, dot: Any, node: _Node, kind: str) -> Any:
-        if isinstance(node, _Lit) and kind in ("str", "int"):
+        """One argument; a literal must already be of the parameter's type (Go's rule)."""
+        if isinstance(node, _Lit) and node.kind != "dot" and kind in ("str", "int"):
             if kind == "str" and node.kind == "string":
                 return node.value
             if kind == "int" and node.kind == "number" and float(node.value).is_integer():
@@ -689,20 +642,19 @@ class _Exec:
 
     def check(self, node: _Node, value: Any, kind: str) -> Any:
         if value is MISSING:
-            value = None  # an invalid value becomes nil where nil is allowed (Go's validateType)
+            value = None  # Go passes an invalid value on as nil where nil is allowed
         if kind == "any":
             return value
-        ok = {
-            "str": isinstance(value, str),
-            "int": isinstance(value, int) and not isinstance(value, bool),
-            "strlist": isinstance(value, list | tuple) and all(isinstance(v, str) for v in value),
-        }[kind]
-        if ok:
+        if kind == "str" and isinstance(value, str):
+            return value
+        if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind == "strlist" and isinstance(value, list | tuple) and all(map(_is_str, value)):
             return value
         want = {"str": "string", "int": "int", "strlist": "[]string"}[kind]
         if value is None:
             raise self.fail(node, f"invalid value; expected {want}")
-        raise self.fail(node, f"wrong type for value; expected {want}; got {_go_type(value)}")
+        raise self.fail(node, f"wrong type for value; expected {want}; got {_type(value)}")
 
 
 # ---------------------------------------------------------------- functions
@@ -711,18 +663,18 @@ class _Exec:
 @dataclass
 class _Func:
     fn: Callable[..., Any]
-    params: tuple[str, ...]  # "any", "str", "int", "strlist"
+    params: tuple[str, ...]  # each "any", "str", "int" or "strlist"
     variadic: str | None = None
-    lazy: bool = False
+    lazy: bool = False  # receives thunks, not values
 
 
-def _and_or(want: bool) -> Callable[..., Any]:
-    def run(*args: Any) -> Any:
-        *thunks, final = args
+def _and_or(stop_on: bool) -> Callable[..., Any]:
+    """Go's ``and`` (stop at the first false) and ``or`` (at the first true)."""
+
+    def run(*thunks: Callable[[], Any]) -> Any:
         value: Any = None
-        for get in [*thunks, *([lambda: final] if final is not _NO_FINAL else [])]:
-            value = get()
-            if _truth(value) != want:
+        for get in thunks:
+            if _truth(value := get()) == stop_on:
                 return value
         return value
 
@@ -732,38 +684,48 @@ def _and_or(want: bool) -> Callable[..., Any]:
 def _index(item: Any, *keys: Any) -> Any:
     for key in keys:
         if item is None:
-            return ""  # a nil map[string]string (unset Labels) gives its zero value
+            return ""  # an unset map[string]string (Labels) gives its zero value
         if isinstance(item, dict):
-            default = "" if all(isinstance(v, str) for v in item.values()) else None
-            item = item.get(key, default)
+            item = item.get(key, "" if all(isinstance(v, str) for v in item.values()) else None)
         elif isinstance(item, str | list | tuple) and isinstance(key, int):
             seq = item.encode() if isinstance(item, str) else item
             if not 0 <= key < len(seq):
                 raise _CallError(f"index out of range: {key}")
             item = seq[key]
         else:
-            raise _CallError(f"can't index item of type {_go_type(item)}")
+            raise _CallError(f"can't index item of type {_type(item)}")
     return item
 
 
 def _length(item: Any) -> int:
-    if isinstance(item, str):
-        return len(item.encode())
-    if isinstance(item, list | tuple | dict):
-        return len(item)
-    raise _CallError(f"len of type {_go_type(item)}")
+    if isinstance(item, str | list | tuple | dict):
+        return len(item.encode() if isinstance(item, str) else item)
+    raise _CallError(f"len of type {_type(item)}")
+
+
+def _slice(item: Any, *bounds: int) -> Any:
+    if not isinstance(item, str | list | tuple):
+        raise _CallError(f"can't slice item of type {_type(item)}")
+    seq = item.encode() if isinstance(item, str) else item
+    lo, hi = (list(bounds) + [0, len(seq)][len(bounds) :])[:2]
+    if not 0 <= lo <= hi <= len(seq) or len(bounds) > 2:
+        raise _CallError(f"index out of range: {hi if hi > len(seq) else lo}")
+    part = seq[lo:hi]
+    return part.decode(errors="replace") if isinstance(part, bytes) else list(part)
 
 
 def _kind(value: Any) -> str:
     for kind, types in (("bool", bool), ("int", int), ("float", float), ("string", str)):
         if isinstance(value, types):
             return kind
-    return "none" if value is None else "other"
+    return "nil" if value is None else "other"
 
 
 def _eq(first: Any, *others: Any) -> bool:
+    if not others:
+        raise _CallError("missing argument for comparison")
     for other in others:
-        if _kind(first) != _kind(other) and first is not None and other is not None:
+        if _kind(first) != _kind(other) and None not in (first, other):
             raise _CallError("incompatible types for comparison")
         if first == other:
             return True
@@ -772,7 +734,7 @@ def _eq(first: Any, *others: Any) -> bool:
 
 def _ordered(op: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
     def run(a: Any, b: Any) -> bool:
-        if _kind(a) not in ("int", "float", "string") or _kind(b) not in ("int", "float", "string"):
+        if not {_kind(a), _kind(b)} <= {"int", "float", "string"}:
             raise _CallError("invalid type for comparison")
         if _kind(a) != _kind(b):
             raise _CallError("incompatible types for comparison")
@@ -787,30 +749,29 @@ def _sprint(*args: Any) -> str:
     for i, arg in enumerate(args):
         if i and not isinstance(arg, str) and not isinstance(args[i - 1], str):
             out.append(" ")
-        out.append(_gofmt(arg))
+        out.append(go_format(arg))
     return "".join(out)
 
 
 def _title(text: str) -> str:
     """``strings.Title``: upper-case each letter that follows a separator."""
-    out, prev_sep = [], True
+    out, after_sep = [], True
     for ch in text:
-        out.append(ch.upper() if prev_sep else ch)
-        prev_sep = not (ch.isalnum() or ch == "_") and (ch.isspace() or ord(ch) < 0x80)
+        out.append(ch.upper() if after_sep else ch)
+        after_sep = not (ch.isalnum() or ch == "_") and (ch.isspace() or ch.isascii())
     return "".join(out)
 
 
-def _split(text: str, sep: str) -> list[str]:
-    return list(text) if sep == "" else text.split(sep)
-
-
-def _pad(text: str, prefix: int, suffix: int) -> str:
-    return " " * prefix + text + " " * suffix if text else text
-
-
 def _truncate(text: str, length: int) -> str:
-    data = text.encode()
+    data = text.encode()  # Go slices bytes
     return text if len(data) < length else data[:length].decode(errors="replace")
+
+
+def _json_func(value: Any) -> str:
+    if isinstance(value, _Struct):
+        as_map = value.json_as_map
+        return go_json(value.data, escape_html=as_map, sort_keys=as_map)
+    return go_json(value)
 
 
 def _identity(value: str, *_: Any) -> str:
@@ -818,207 +779,34 @@ def _identity(value: str, *_: Any) -> str:
 
 
 _FUNCS: dict[str, _Func] = {
-    "json": _Func(lambda v: _json(v, False, False), ("any",)),
-    "split": _Func(_split, ("str", "str")),
+    "json": _Func(_json_func, ("any",)),
+    "split": _Func(lambda s, sep: s.split(sep) if sep else list(s), ("str", "str")),
     "join": _Func(lambda items, sep: sep.join(items), ("strlist", "str")),
     "title": _Func(_title, ("str",)),
     "lower": _Func(str.lower, ("str",)),
     "upper": _Func(str.upper, ("str",)),
-    "pad": _Func(_pad, ("str", "int", "int")),
+    "pad": _Func(lambda s, a, b: " " * a + s + " " * b if s else s, ("str", "int", "int")),
     "truncate": _Func(_truncate, ("str", "int")),
-    "and": _Func(_and_or(True), ("any",), "any", lazy=True),
-    "or": _Func(_and_or(False), ("any",), "any", lazy=True),
+    "and": _Func(_and_or(False), ("any",), "any", lazy=True),
+    "or": _Func(_and_or(True), ("any",), "any", lazy=True),
     "not": _Func(lambda v: not _truth(v), ("any",)),
     "len": _Func(_length, ("any",)),
     "index": _Func(_index, ("any",), "any"),
+    "slice": _Func(_slice, ("any",), "int"),
     "print": _Func(_sprint, (), "any"),
-    "println": _Func(lambda *a: " ".join(_gofmt(x) for x in a) + "\n", (), "any"),
-    "printf": _Func(lambda f, *a: _sprintf(f, a), ("str",), "any"),
-    "eq": _Func(_eq, ("any", "any"), "any"),
+    "println": _Func(lambda *a: " ".join(go_format(x) for x in a) + "\n", (), "any"),
+    "printf": _Func(lambda f, *a: go_sprintf(f, a), ("str",), "any"),
+    "eq": _Func(_eq, ("any",), "any"),
     "ne": _Func(lambda a, b: not _eq(a, b), ("any", "any")),
     "lt": _Func(_ordered(lambda a, b: a < b), ("any", "any")),
     "le": _Func(_ordered(lambda a, b: a <= b), ("any", "any")),
     "gt": _Func(_ordered(lambda a, b: a > b), ("any", "any")),
     "ge": _Func(_ordered(lambda a, b: a >= b), ("any", "any")),
 }
-# docker's HeaderFunctions: a header shows the column name, not the function's result.
+# docker's HeaderFunctions: in a header these show the column name unchanged.
 _HEADER_FUNCS = {
     **_FUNCS,
     **{name: _Func(_identity, ("str",)) for name in ("json", "title", "lower", "upper")},
     **{name: _Func(_identity, ("str", "str")) for name in ("split", "join")},
     "truncate": _Func(_identity, ("str", "int")),
 }
-
-
-# ---------------------------------------------------------------- Go value formatting
-
-
-def _truth(value: Any) -> bool:
-    """Go's ``isTrue``: zero values, nil and empty collections are false; structs true."""
-    if value is None or value is MISSING:
-        return False
-    if isinstance(value, _Struct):
-        return True
-    if isinstance(value, bool | int | float | str | list | tuple | dict):
-        return bool(value)
-    return True
-
-
-def _print(value: Any) -> str:
-    """What an action prints: nil and missing values show ``<no value>``."""
-    return "<no value>" if value is None or value is MISSING else _gofmt(value)
-
-
-def _gofmt(value: Any) -> str:
-    """``fmt``'s ``%v``."""
-    if value is None:
-        return "<nil>"
-    if value is MISSING:
-        return "<no value>"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | str):
-        return str(value)
-    if isinstance(value, float):
-        return _go_float(value, json=False)
-    if isinstance(value, list | tuple):
-        return "[" + " ".join(_gofmt(v) for v in value) + "]"
-    if isinstance(value, dict):
-        items = sorted(value.items(), key=lambda kv: _sort_key(kv[0]))
-        return "map[" + " ".join(f"{_gofmt(k)}:{_gofmt(v)}" for k, v in items) + "]"
-    if isinstance(value, _Struct):
-        return "{" + " ".join(_gofmt(v) for v in value.data.values()) + "}"
-    return str(value)
-
-
-def _sort_key(key: Any) -> tuple[str, Any]:
-    return (type(key).__name__, key)
-
-
-def _go_type(value: Any) -> str:
-    if isinstance(value, _Struct):
-        return value.type_name
-    if isinstance(value, list | tuple):
-        return "[]string" if all(isinstance(v, str) for v in value) else "[]interface {}"
-    if isinstance(value, dict):
-        strs = all(isinstance(v, str) for v in value.values())
-        return "map[string]string" if strs else "map[string]interface {}"
-    names = {bool: "bool", int: "int", float: "float64", str: "string", type(None): "<nil>"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _go_float(value: float, *, json: bool) -> str:
-    """Go's shortest float: ``%v`` (exponent from 1e+06 on) or JSON (from 1e+21)."""
-    if math.isnan(value) or math.isinf(value):
-        return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
-    if value == 0:
-        return "-0" if math.copysign(1, value) < 0 and not json else "0"
-    sign, digits_t, exp = Decimal(repr(value)).normalize().as_tuple()
-    digits = "".join(map(str, digits_t))
-    assert isinstance(exp, int)
-    exp10 = len(digits) + exp - 1
-    neg = "-" if sign else ""
-    if (exp10 < -4 or exp10 >= 6) if not json else (exp10 < -6 or exp10 >= 21):
-        mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
-        width = 1 if json else 2  # JSON drops Go's leading exponent zero (e-07 -> e-7)
-        return f"{neg}{mantissa}e{'-' if exp10 < 0 else '+'}{abs(exp10):0{width}d}"
-    if exp10 < 0:
-        return f"{neg}0.{'0' * (-exp10 - 1)}{digits}"
-    whole = digits[: exp10 + 1].ljust(exp10 + 1, "0")
-    frac = digits[exp10 + 1 :]
-    return neg + whole + (f".{frac}" if frac else "")
-
-
-_JSON_ESCAPES = {i: f"\\u{i:04x}" for i in range(0x20)}
-_JSON_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
-_JSON_ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\", 0x2028: "\\u2028", 0x2029: "\\u2029"})
-_JSON_HTML = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026"}
-
-
-def _json(value: Any, html: bool, as_map: bool) -> str:
-    """Go's ``encoding/json`` output, compact; ``html`` escapes <>&, ``as_map`` sorts keys."""
-    if value is None or value is MISSING:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return _go_float(value, json=True)
-    if isinstance(value, str):
-        text = value.encode("utf-8", "replace").decode()  # lone surrogates become U+FFFD
-        table = {**_JSON_ESCAPES, **_JSON_HTML} if html else _JSON_ESCAPES
-        return '"' + text.translate(table) + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(_json(v, html, as_map) for v in value) + "]"
-    if isinstance(value, _Struct):
-        return _json(value.data, html or value.json_as_map, as_map or value.json_as_map)
-    if isinstance(value, dict):
-        items = sorted(value.items()) if as_map else list(value.items())
-        body = ",".join(f"{_json(str(k), html, as_map)}:{_json(v, html, as_map)}" for k, v in items)
-        return "{" + body + "}"
-    return _json(str(value), html, as_map)
-
-
-def _go_quote(text: str) -> str:
-    """``strconv.Quote`` for printable text (control characters escaped)."""
-    return _json(text, False, False).replace("\\u0007", "\\a").replace("\\u000b", "\\v")
-
-
-_VERB_RE = re.compile(r"%([-+# 0]*)(\d+)?(?:\.(\d+))?([a-zA-Z%])")
-
-
-def _sprintf(fmt: str, args: Sequence[Any]) -> str:
-    """``fmt.Sprintf`` for the common verbs: v s d q t f e g x X c and %%."""
-    out: list[str] = []
-    pos = used = 0
-    for m in _VERB_RE.finditer(fmt):
-        out.append(fmt[pos : m.start()])
-        pos = m.end()
-        flags, width, prec, verb = m.groups()
-        if verb == "%":
-            out.append("%")
-            continue
-        if used >= len(args):
-            out.append(f"%!{verb}(MISSING)")
-            continue
-        arg = args[used]
-        used += 1
-        text = _verb(verb, arg, flags, int(prec) if prec is not None else None)
-        if text is None:
-            text = f"%!{verb}({_go_type(arg)}={_gofmt(arg)})"
-        elif width and len(text) < int(width):
-            fill = int(width) - len(text)
-            zero = "0" in flags and "-" not in flags and verb in "dfegxX"
-            text = text + " " * fill if "-" in flags else ("0" if zero else " ") * fill + text
-        out.append(text)
-    out.append(fmt[pos:])
-    if used < len(args):
-        extra = ", ".join(f"{_go_type(a)}={_gofmt(a)}" for a in args[used:])
-        out.append(f"%!(EXTRA {extra})")
-    return "".join(out)
-
-
-def _verb(verb: str, arg: Any, flags: str, prec: int | None) -> str | None:
-    is_int = isinstance(arg, int) and not isinstance(arg, bool)
-    sign = "+" if "+" in flags else ""
-    if verb == "v":
-        return _gofmt(arg)
-    if verb == "s" and isinstance(arg, str):
-        return arg if prec is None else arg[:prec]
-    if verb == "q" and isinstance(arg, str):
-        return _go_quote(arg)
-    if verb == "t" and isinstance(arg, bool):
-        return _gofmt(arg)
-    if verb == "d" and is_int:
-        return f"{arg:{sign}d}"
-    if verb == "c" and is_int:
-        return chr(arg)
-    if verb in "xX" and (is_int or isinstance(arg, str)):
-        text = arg.encode().hex() if isinstance(arg, str) else f"{arg:x}"
-        return text.upper() if verb == "X" else text
-    if verb in "feg" and isinstance(arg, float):
-        if verb == "g" and prec is None:
-            return sign * (arg >= 0) + _go_float(arg, json=False)
-        return f"{arg:{sign}.{6 if prec is None else prec}{verb}}"
-    return None

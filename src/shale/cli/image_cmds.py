@@ -117,10 +117,12 @@ def _image_rows(engine: Engine, ns: argparse.Namespace) -> list[dict[str, Any]]:
         if not _image_matches(engine, img, filters):
             continue
         created = parse_time(img.config.created)
-        size = human_size(engine.image_size(img))
+        nbytes = engine.image_size(img)
+        size = human_size(nbytes)
         iid = img.id.value if ns.no_trunc else img.id.short
         base = {"ID": iid, "CreatedSince": human_duration_ago(created, now),
-                "CreatedAt": _created_at(created), "Size": size, "VirtualSize": size,
+                "CreatedAt": _created_at(created), "Size": size,
+                "VirtualSize": _human_size4(nbytes),
                 "SharedSize": "N/A", "UniqueSize": "N/A", "Containers": "N/A"}
         digests = {Reference.parse(d).name: d.split("@", 1)[1] for d in img.repo_digests}
         refs = [Reference.parse(t) for t in img.tags]
@@ -209,15 +211,38 @@ def cmd_images(engine: Engine, ns: argparse.Namespace) -> int:
 def _print_format(template: str, rows: list[dict[str, Any]], headers: dict[str, str]) -> None:
     if template == "json":
         for r in rows:
-            print(json.dumps(r, separators=(",", ":"), sort_keys=True))
+            print(_go_json(r))
         return
     from shale.cli.format import render
 
     sys.stdout.write(render(template, rows, headers))
 
 
+def _go_json(obj: Any) -> str:
+    """``{{json .}}`` as Go's encoding/json writes it: map keys sorted, UTF-8 kept, and
+    ``<``, ``>``, ``&``, U+2028, U+2029 escaped (so ``<none>`` is ``\\u003cnone\\u003e``)."""
+    text = json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                    ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(ch, esc)
+    return text
+
+
+def _human_size4(size: float) -> str:
+    """go-units ``HumanSize`` (4 significant digits): the CLI's VirtualSize column."""
+    units = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
+    value, unit = float(size), 0
+    while value >= 1000.0 and unit < len(units) - 1:
+        value /= 1000.0
+        unit += 1
+    return f"{value:.4g}{units[unit]}"
+
+
 # ---- tag / rmi ---------------------------------------------------------------------------
 def cmd_tag(engine: Engine, ns: argparse.Namespace) -> int:
+    from shale.refs import Reference
+
+    Reference.parse(ns.target)  # docker checks the new name before it looks the image up
     engine.tag(ns.source, ns.target)
     return 0
 
@@ -243,18 +268,42 @@ def cmd_inspect(engine: Engine, ns: argparse.Namespace) -> int:
     missing: list[str] = []
     for name in ns.names:
         try:
+            if ns.type != "image":
+                found = _try_container(engine, name)
+                if found is not None:
+                    out.append(found)
+                    continue
+            if ns.type == "container":
+                raise ShaleError(name)
             out.append(image_inspect(engine, engine.image(name)))
         except ShaleError:
             missing.append(name)
-    if ns.format:
-        from shale.cli.format import render
-
-        sys.stdout.write(render(ns.format, out, None))
-    else:
-        print(json.dumps(out, indent=4, ensure_ascii=False))
+    print_inspect(out, ns.format)
     for name in missing:
         print(f"Error: No such object: {name}", file=sys.stderr)
     return 1 if missing else 0
+
+
+def print_inspect(out: list[dict[str, Any]], fmt: str | None) -> None:
+    """docker inspect output: an indented JSON list, or the template once per object."""
+    if fmt:
+        from shale.cli.format import Template
+
+        tpl = Template(fmt)
+        for item in out:
+            sys.stdout.write(tpl.execute(item) + "\n")
+    else:
+        print(json.dumps(out, indent=4, ensure_ascii=False))
+
+
+def _try_container(engine: Engine, name: str) -> dict[str, Any] | None:
+    from shale.cli.container_cmds import container_inspect
+    from shale.containers import ContainerStore
+
+    try:
+        return container_inspect(engine, ContainerStore(engine).get(name))
+    except ShaleError:
+        return None
 
 
 # ---- history -----------------------------------------------------------------------------
@@ -269,9 +318,10 @@ def cmd_history(engine: Engine, ns: argparse.Namespace) -> int:
         created_by = h.created_by.replace("\t", " ")
         if not ns.no_trunc and len(created_by) > 45:
             created_by = created_by[:44] + "…"
+        created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(h.created))
+        # -H=false: docker shows the RFC 3339 time under "CREATED AT" and sizes in bytes
         rows.append({"ID": iid, "CreatedSince": human_duration_ago(h.created, now)
-                     if human else _created_at(h.created),
-                     "CreatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(h.created)),
+                     if human else created_at, "CreatedAt": created_at,
                      "CreatedBy": created_by, "Size": human_size(h.size) if human
                      else str(h.size), "Comment": h.comment})
     if ns.quiet:
@@ -281,7 +331,7 @@ def cmd_history(engine: Engine, ns: argparse.Namespace) -> int:
         _print_format(ns.format, rows, {"ID": "IMAGE", "CreatedSince": "CREATED",
                                         "CreatedBy": "CREATED BY"})
         return 0
-    cols = ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]
+    cols = ["IMAGE", "CREATED" if human else "CREATED AT", "CREATED BY", "SIZE", "COMMENT"]
     table = [[r["ID"], r["CreatedSince"], r["CreatedBy"], r["Size"], r["Comment"]]
              for r in rows]
     sys.stdout.write(render_table(cols, table))

@@ -40,6 +40,13 @@ def docker_config(cfg: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def _comment(img: Image) -> str:
+    """docker's LookupImage: the config's comment, else the last history entry's."""
+    comment = str(img.config.data.get("comment") or "")
+    history = img.config.history
+    return comment or (history[-1].comment if history else "")
+
+
 def image_inspect(engine: Engine, img: Image) -> dict[str, Any]:
     data = img.config.data
     diff_ids = [d.value for d in img.config.diff_ids]
@@ -49,7 +56,7 @@ def image_inspect(engine: Engine, img: Image) -> dict[str, Any]:
         "RepoTags": img.familiar_tags,
         "RepoDigests": img.familiar_digests,
         "Parent": img.parent,
-        "Comment": data.get("comment", ""),
+        "Comment": _comment(img),
         "Created": data.get("created") or format_time(0),
         "Container": data.get("container", ""),
         "ContainerConfig": docker_config(data.get("container_config")),

@@ -1,15 +1,22 @@
-"""Docker's table layout and the human-readable values its tables show.
+"""How docker prints values and tables: Go's printing rules, ported.
 
-``tabwrite`` is Go's ``text/tabwriter`` as the docker CLI configures it
-(``tabwriter.NewWriter(out, 10, 1, 3, ' ', 0)``: minimum cell width 10, padding 3, spaces);
-``human_size`` and ``human_duration`` are ``github.com/docker/go-units``.
+* ``tabwrite``: Go's ``text/tabwriter`` as the docker CLI sets it up
+  (``tabwriter.NewWriter(out, 10, 1, 3, ' ', 0)``: minimum cell width 10, padding 3).
+* ``human_size``, ``human_duration``: ``github.com/docker/go-units``.
+* ``go_format``, ``go_json``, ``go_sprintf``: Go's ``fmt`` ``%v``, ``encoding/json`` and
+  ``fmt.Sprintf``, which ``--format`` templates print with (``shale.cli.format``).
+  Python values stand for Go ones: ``None`` is nil, a dict a map or a struct.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import time
 import unicodedata
 from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
 
 MIN_WIDTH = 10
 PADDING = 3
@@ -196,3 +203,168 @@ def _go_fraction(ts: float) -> str:
     """Go's ``.999999999``: nanoseconds with trailing zeros dropped, nothing if zero."""
     ns = round((ts - int(ts)) * 1e9) if ts >= 0 else 0
     return f".{ns:09d}".rstrip("0") if ns else ""
+
+
+# ---------------------------------------------------------------- Go's printing of values
+
+
+def go_format(value: Any) -> str:
+    """``fmt``'s ``%v``: ``[a b]``, ``map[k:v]`` (sorted keys), ``<nil>``, ``1e+06``."""
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | str):
+        return str(value)
+    if isinstance(value, float):
+        return go_float(value)
+    if isinstance(value, list | tuple):
+        return "[" + " ".join(go_format(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = sorted(value.items(), key=lambda kv: _sort_key(kv[0]))
+        return "map[" + " ".join(f"{go_format(k)}:{go_format(v)}" for k, v in items) + "]"
+    return str(value)
+
+
+def _sort_key(key: Any) -> tuple[str, Any]:
+    return (type(key).__name__, key)
+
+
+def go_type(value: Any) -> str:
+    """The Go type name a value stands for, as Go's error messages show it."""
+    if isinstance(value, list | tuple):
+        return "[]string" if all(isinstance(v, str) for v in value) else "[]interface {}"
+    if isinstance(value, dict):
+        strs = all(isinstance(v, str) for v in value.values())
+        return "map[string]string" if strs else "map[string]interface {}"
+    names = {bool: "bool", int: "int", float: "float64", str: "string", type(None): "<nil>"}
+    return names.get(type(value), type(value).__name__)
+
+
+def go_float(value: float, *, json: bool = False) -> str:
+    """Go's shortest float: ``%v`` (exponent from 1e+06 on) or JSON (from 1e+21)."""
+    if math.isnan(value) or math.isinf(value):
+        return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+    if value == 0:
+        return "-0" if math.copysign(1, value) < 0 and not json else "0"
+    sign, digits_t, exp = Decimal(repr(value)).normalize().as_tuple()
+    digits = "".join(map(str, digits_t))
+    assert isinstance(exp, int)  # finite
+    exp10 = len(digits) + exp - 1
+    neg = "-" if sign else ""
+    if (exp10 < -6 or exp10 >= 21) if json else (exp10 < -4 or exp10 >= 6):
+        mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        width = 1 if json else 2  # JSON drops Go's leading exponent zero (e-07 -> e-7)
+        return f"{neg}{mantissa}e{'-' if exp10 < 0 else '+'}{abs(exp10):0{width}d}"
+    if exp10 < 0:
+        return f"{neg}0.{'0' * (-exp10 - 1)}{digits}"
+    whole = digits[: exp10 + 1].ljust(exp10 + 1, "0")
+    frac = digits[exp10 + 1 :]
+    return neg + whole + (f".{frac}" if frac else "")
+
+
+_JSON_ESCAPES = {i: f"\\u{i:04x}" for i in range(0x20)}
+_JSON_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+_JSON_ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+_JSON_HTML = {**_JSON_ESCAPES, ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026"}
+
+
+def go_json(value: Any, *, escape_html: bool = False, sort_keys: bool = False) -> str:
+    """Go's ``encoding/json``, compact, no trailing newline.
+
+    ``escape_html`` writes ``<>&`` as ``\\u003c``... (``json.Marshal``; the template
+    function ``json`` turns it off). ``sort_keys`` orders every dict as a Go map;
+    otherwise a dict keeps its order, as a Go struct's fields do.
+    """
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return go_float(value, json=True)
+    if isinstance(value, str):
+        text = value.encode("utf-8", "replace").decode()  # lone surrogates become U+FFFD
+        return '"' + text.translate(_JSON_HTML if escape_html else _JSON_ESCAPES) + '"'
+    if isinstance(value, list | tuple):
+        return (
+            "["
+            + ",".join(go_json(v, escape_html=escape_html, sort_keys=sort_keys) for v in value)
+            + "]"
+        )
+    if isinstance(value, dict):
+        items = sorted(value.items()) if sort_keys else list(value.items())
+        parts = (
+            go_json(str(k), escape_html=escape_html)
+            + ":"
+            + go_json(v, escape_html=escape_html, sort_keys=sort_keys)
+            for k, v in items
+        )
+        return "{" + ",".join(parts) + "}"
+    return go_json(str(value), escape_html=escape_html)
+
+
+def go_quote(text: str) -> str:
+    """``strconv.Quote`` for printable text (control characters escaped)."""
+    return go_json(text).replace("\\u0007", "\\a").replace("\\u000b", "\\v")
+
+
+_VERB_RE = re.compile(r"%([-+# 0]*)(\d+)?(?:\.(\d+))?([a-zA-Z%])")
+
+
+def go_sprintf(fmt: str, args: Sequence[Any]) -> str:
+    """``fmt.Sprintf`` for the common verbs: v s d q t f e g x X c and %%, width, flags."""
+    out: list[str] = []
+    pos = used = 0
+    for m in _VERB_RE.finditer(fmt):
+        out.append(fmt[pos : m.start()])
+        pos = m.end()
+        flags, width, prec, verb = m.groups()
+        if verb == "%":
+            out.append("%")
+            continue
+        if used >= len(args):
+            out.append(f"%!{verb}(MISSING)")
+            continue
+        arg = args[used]
+        used += 1
+        text = _verb(verb, arg, flags, int(prec) if prec is not None else None)
+        if text is None:
+            text = f"%!{verb}({go_type(arg)}={go_format(arg)})"
+        elif width and len(text) < int(width):
+            fill = int(width) - len(text)
+            zero = "0" in flags and "-" not in flags and verb in "dfegxX"
+            text = text + " " * fill if "-" in flags else ("0" if zero else " ") * fill + text
+        out.append(text)
+    out.append(fmt[pos:])
+    if used < len(args):
+        extra = ", ".join(f"{go_type(a)}={go_format(a)}" for a in args[used:])
+        out.append(f"%!(EXTRA {extra})")
+    return "".join(out)
+
+
+def _verb(verb: str, arg: Any, flags: str, prec: int | None) -> str | None:
+    """One verb applied to one argument; None when Go would print ``%!v(type=value)``."""
+    is_int = isinstance(arg, int) and not isinstance(arg, bool)
+    sign = "+" if "+" in flags else ""
+    if verb == "v":
+        return go_format(arg)
+    if verb == "s" and isinstance(arg, str):
+        return arg if prec is None else arg[:prec]
+    if verb == "q" and isinstance(arg, str):
+        return go_quote(arg)
+    if verb == "t" and isinstance(arg, bool):
+        return go_format(arg)
+    if verb == "d" and is_int:
+        return f"{arg:{sign}d}"
+    if verb == "c" and is_int:
+        return chr(arg)
+    if verb in "xX" and (is_int or isinstance(arg, str)):
+        text = arg.encode().hex() if isinstance(arg, str) else f"{arg:x}"
+        return text.upper() if verb == "X" else text
+    if verb in "feg" and isinstance(arg, float):
+        if verb == "g" and prec is None:
+            return sign * (arg >= 0) + go_float(arg)
+        return f"{arg:{sign}.{6 if prec is None else prec}{verb}}"
+    return None

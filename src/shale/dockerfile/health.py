@@ -33,7 +33,9 @@ def _interval(name: str, value: str) -> int:
     return nanos
 
 
-def healthcheck_config(args: list[str], is_json: bool, flags: dict[str, list[str]]) -> dict[str, object]:
+def healthcheck_config(
+    args: list[str], is_json: bool, flags: dict[str, list[str]]
+) -> dict[str, object]:
     """The ``Healthcheck`` object for ``HEALTHCHECK [flags] NONE|CMD ...``.
 
     ``args`` are the parser's (type first, then the command). Zero durations and retries are

@@ -321,7 +321,10 @@ class _Scanner:
             return self._replace(name)
         if ch in (":", "+", "-", "?", "#", "%"):
             return self._modifier(name, ch)
-        raise _Fail(f"unsupported modifier ({ch or chr(0xFFFD)}) in substitution")
+        if ch == "":
+            # BuildKit reports "unsupported modifier (\ufffd)" here; this says what is wrong.
+            raise _Fail("syntax error: missing '}'")
+        raise _Fail(f"unsupported modifier ({ch}) in substitution")
 
     def _braced_word(self, raw_escapes: bool) -> str:
         try:

@@ -31,6 +31,8 @@ from shale.errors import InvalidArgument, RuntimeFailure
 
 V1_CONTROLLERS = ("freezer", "pids", "memory", "devices")
 _V2_CONTROLLERS = ("pids", "memory")
+_KNOWN_V1 = frozenset(("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls",
+                       "net_prio", "blkio", "perf_event", "hugetlb", "pids", "rdma", "misc"))
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ def parse_mountinfo(text: str) -> Layout:
             unified = unified if unified == "/sys/fs/cgroup" else mountpoint
         elif tail[0] == "cgroup":
             for opt in tail[2].split(","):
-                if opt not in ("rw", "ro") and "=" not in opt:
+                if opt in _KNOWN_V1:
                     v1.setdefault(opt, mountpoint)
     if not v1:
         return Layout("v2" if unified else "none", {}, unified)
@@ -141,7 +143,7 @@ class Cgroup:
     def _enable_v2_controllers(self) -> None:
         assert self.layout.unified is not None
         parent = Path(self.layout.unified)
-        for part in self._rel.split("/")[:-1] + [None]:
+        for part in [*self._rel.split("/")[:-1], None]:
             available = (parent / "cgroup.controllers").read_text().split()
             wanted = " ".join(f"+{c}" for c in _V2_CONTROLLERS if c in available)
             if wanted:

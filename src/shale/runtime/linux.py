@@ -12,7 +12,9 @@ Only this module talks ctypes; the rest of the runtime calls these functions.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
+import socket
 import struct
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -219,8 +221,6 @@ def proc_fd(fd: int) -> str:
 
 def loopback_up() -> None:
     """Bring ``lo`` up in a fresh network namespace (runc does the same for netns=new)."""
-    import fcntl
-    import socket
 
     siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

@@ -16,20 +16,23 @@ from typing import Any
 
 from shale.errors import InvalidArgument
 
-CAPABILITIES = (
-    "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP "
-    "LINUX_IMMUTABLE NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER "
-    "SYS_MODULE SYS_RAWIO SYS_CHROOT SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE "
-    "SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL SETFCAP "
-    "MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ PERFMON BPF "
-    "CHECKPOINT_RESTORE"
-).split()
+# capability names by number (linux/capability.h)
+_CAP_TABLE = """
+CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP LINUX_IMMUTABLE
+NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER SYS_MODULE SYS_RAWIO
+SYS_CHROOT SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE SYS_RESOURCE SYS_TIME
+SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL SETFCAP MAC_OVERRIDE MAC_ADMIN SYSLOG
+WAKE_ALARM BLOCK_SUSPEND AUDIT_READ PERFMON BPF CHECKPOINT_RESTORE
+"""
+CAPABILITIES = tuple(_CAP_TABLE.split())
 CAP_NUMBERS = {f"CAP_{name}": i for i, name in enumerate(CAPABILITIES)}
 
 # docker's 14 (CapEff 00000000a80425fb), in the order docker lists them.
-DEFAULT_CAPS = tuple(f"CAP_{c}" for c in (
-    "CHOWN DAC_OVERRIDE FSETID FOWNER MKNOD NET_RAW SETGID SETUID SETFCAP SETPCAP "
-    "NET_BIND_SERVICE SYS_CHROOT KILL AUDIT_WRITE").split())
+DEFAULT_CAPS = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+)
 
 MASKED_PATHS = (
     "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
@@ -111,12 +114,7 @@ def resolve_caps(opts: SpecOptions, warnings: list[str]) -> list[str]:
     adds = [normalize_cap(c) for c in opts.cap_add]
     drops = [normalize_cap(c) for c in opts.cap_drop]
     host = host_bounding_caps()
-    if opts.privileged:
-        base = list(CAP_NUMBERS)
-    elif "ALL" in adds:
-        base = list(CAP_NUMBERS)
-    else:
-        base = list(DEFAULT_CAPS)
+    base = list(CAP_NUMBERS) if opts.privileged or "ALL" in adds else list(DEFAULT_CAPS)
     caps = [] if "ALL" in drops and not opts.privileged else [
         c for c in base if opts.privileged or c not in drops]
     caps += [c for c in adds if c != "ALL" and c not in caps]
@@ -166,11 +164,10 @@ def _mounts(opts: SpecOptions) -> list[dict[str, Any]]:
     user = sorted(opts.mounts, key=lambda m: len(m["destination"].rstrip("/").split("/")))
     taken = {m["destination"].rstrip("/") for m in user}
     mounts = [m for m in _default_mounts(opts) if m["destination"] not in taken]
-    if opts.readonly_rootfs:
-        for m in mounts:
-            if m["destination"] not in ("/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue"):
-                if "ro" not in m["options"]:
-                    m["options"].append("ro")
+    writable = ("/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue")
+    for m in mounts if opts.readonly_rootfs else []:
+        if m["destination"] not in writable and "ro" not in m["options"]:
+            m["options"].append("ro")
     return mounts + [dict(m, options=list(m.get("options") or [])) for m in user]
 
 

@@ -14,6 +14,7 @@ The files are read with ``openat2(RESOLVE_IN_ROOT)``: a container may plant
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -52,8 +53,10 @@ def read_in_root(rootfs: Path, relpath: str) -> bytes | None:
     try:
         # O_NONBLOCK: a FIFO planted as /etc/passwd must not hang the engine.
         fd = linux.openat2(rootfd, relpath.lstrip("/"), os.O_RDONLY | os.O_NONBLOCK)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return None  # missing, or a link loop: as if the file were not there
+        raise
     finally:
         os.close(rootfd)
     with open(fd, "rb") as f:

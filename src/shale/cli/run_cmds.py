@@ -1,0 +1,233 @@
+"""run, create, start, attach, exec: the verbs that attach to a container's stdio.
+
+Kept apart from the other container verbs so ``shale run`` imports as little as possible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from shale.errors import InvalidArgument, ShaleError
+
+if TYPE_CHECKING:
+    from shale.containers import Container
+    from shale.engine import Engine
+
+
+def _bool_flag(p: argparse.ArgumentParser, *names: str, default: bool) -> None:
+    p.add_argument(*names, nargs="?", const="true", default=str(default).lower(),
+                   type=lambda v: v.lower() in ("true", "1", "yes"))
+
+
+def add_create_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", "--interactive", action="store_true")
+    p.add_argument("-t", "--tty", action="store_true")
+    p.add_argument("--name", default=None)
+    p.add_argument("-e", "--env", action="append", default=[])
+    p.add_argument("--env-file", action="append", default=[])
+    p.add_argument("-w", "--workdir", default="")
+    p.add_argument("-u", "--user", default="")
+    p.add_argument("--entrypoint", default=None)
+    p.add_argument("-h", "--hostname", default="")
+    p.add_argument("-v", "--volume", action="append", default=[])
+    p.add_argument("--tmpfs", action="append", default=[])
+    p.add_argument("--read-only", action="store_true")
+    p.add_argument("--init", action="store_true")
+    p.add_argument("--stop-signal", default="")
+    p.add_argument("--stop-timeout", type=int, default=None)
+    p.add_argument("--restart", default="no")
+    p.add_argument("--ulimit", action="append", default=[])
+    p.add_argument("--privileged", action="store_true")
+    p.add_argument("--cap-add", action="append", default=[])
+    p.add_argument("--cap-drop", action="append", default=[])
+    p.add_argument("--security-opt", action="append", default=[])
+    p.add_argument("--network", "--net", default="default")
+    p.add_argument("-l", "--label", action="append", default=[])
+    p.add_argument("--runtime", default="builtin", choices=["builtin", "runc"])
+    p.add_argument("--rm", action="store_true")
+    p.add_argument("--pull", default="missing")
+    p.add_argument("--platform", default=None)
+    p.add_argument("image")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    p = sub.add_parser("run", help="create and run a container", add_help=False)
+    p.add_argument("--help", action="help")
+    p.add_argument("-d", "--detach", action="store_true")
+    _bool_flag(p, "--sig-proxy", default=True)
+    p.add_argument("-a", "--attach", action="append", default=[])
+    add_create_flags(p)
+    p.set_defaults(handler=cmd_run)
+    p = sub.add_parser("create", help="create a container", add_help=False)
+    p.add_argument("--help", action="help")
+    add_create_flags(p)
+    p.set_defaults(handler=cmd_create)
+    p = sub.add_parser("start", help="start stopped containers")
+    p.add_argument("-a", "--attach", action="store_true")
+    p.add_argument("-i", "--interactive", action="store_true")
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+    p.set_defaults(handler=cmd_start)
+    p = sub.add_parser("attach", help="attach to a running container")
+    p.add_argument("--no-stdin", action="store_true")
+    _bool_flag(p, "--sig-proxy", default=True)
+    p.add_argument("container")
+    p.set_defaults(handler=cmd_attach)
+    p = sub.add_parser("exec", help="run a command in a running container")
+    p.add_argument("-d", "--detach", action="store_true")
+    p.add_argument("-i", "--interactive", action="store_true")
+    p.add_argument("-t", "--tty", action="store_true")
+    p.add_argument("-e", "--env", action="append", default=[])
+    p.add_argument("--env-file", action="append", default=[])
+    p.add_argument("-w", "--workdir", default="")
+    p.add_argument("-u", "--user", default="")
+    p.add_argument("--privileged", action="store_true")
+    p.add_argument("container")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(handler=cmd_exec)
+
+
+def _read_env_files(files: list[str]) -> list[str]:
+    out = []
+    for f in files:
+        try:
+            text = open(f).read()  # noqa: SIM115
+        except OSError as e:
+            raise InvalidArgument(f"open {f}: {e.strerror}") from None
+        for line in text.splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                out.append(line)
+    return out
+
+
+def _options(ns: argparse.Namespace) -> Any:
+    from shale.container_ops import RunOptions
+
+    labels = {}
+    for item in ns.label:
+        k, _, v = item.partition("=")
+        labels[k] = v
+    return RunOptions(
+        image=ns.image, cmd=ns.command or None, entrypoint=ns.entrypoint,
+        env=_read_env_files(ns.env_file) + ns.env, workdir=ns.workdir, user=ns.user,
+        hostname=ns.hostname, tty=ns.tty, interactive=ns.interactive, name=ns.name,
+        auto_remove=ns.rm, volumes=ns.volume, tmpfs=ns.tmpfs, read_only=ns.read_only,
+        init=ns.init, stop_signal=ns.stop_signal, stop_timeout=ns.stop_timeout,
+        restart=ns.restart, ulimits=ns.ulimit, privileged=ns.privileged,
+        cap_add=ns.cap_add, cap_drop=ns.cap_drop, security_opt=ns.security_opt,
+        network=ns.network, labels=labels, runtime=ns.runtime,
+        attach_stdio=not getattr(ns, "detach", False))
+
+
+def cmd_create(engine: Engine, ns: argparse.Namespace) -> int:
+    from shale.container_ops import create
+
+    c = create(engine, _options(ns))
+    print(c.id)
+    return 0
+
+
+def cmd_run(engine: Engine, ns: argparse.Namespace) -> int:
+    from shale.container_ops import create, start
+    from shale.monitor import read_status
+
+    if ns.tty and ns.interactive and not sys.stdin.isatty():
+        raise InvalidArgument("the input device is not a TTY")
+    c = create(engine, _options(ns))
+    if ns.detach:
+        status = start(engine, c, attached=False)
+        kind, code, msg = read_status(status)
+        os.close(status)
+        if kind == "E":
+            print(f"Error: {msg}", file=sys.stderr)
+            return code
+        print(c.id)
+        return 0
+    return _start_attached(engine, c, stdin=ns.interactive, sig_proxy=ns.sig_proxy)
+
+
+def _start_attached(engine: Engine, c: Container, stdin: bool, sig_proxy: bool) -> int:
+    from shale import attach
+    from shale.container_ops import start
+    from shale.monitor import read_status
+
+    status = start(engine, c, attached=True)
+    try:
+        kind, code, msg = read_status(status)
+        if kind != "L":
+            print(f"Error: {msg}", file=sys.stderr)
+            return code
+        sock = attach.connect(c.attach_socket, stdin=stdin)
+        kind, code, msg = read_status(status)
+        if kind == "E":
+            print(f"Error: {msg}", file=sys.stderr)
+            return code
+    finally:
+        os.close(status)
+    client = attach.AttachClient(sock, tty=bool(c.config.get("Tty")), stdin=stdin,
+                                 sig_proxy=sig_proxy)
+    result = client.run()
+    sock.close()
+    if result.get("Error"):
+        print(f"Error: {result['Error']}", file=sys.stderr)
+    return int(result.get("ExitCode", 125))
+
+
+def cmd_start(engine: Engine, ns: argparse.Namespace) -> int:
+    from shale.container_ops import start
+    from shale.containers import ContainerStore
+    from shale.monitor import read_status
+
+    store = ContainerStore(engine)
+    if ns.attach and len(ns.containers) > 1:
+        raise InvalidArgument("you cannot start and attach multiple containers at once")
+    code = 0
+    for name in ns.containers:
+        try:
+            c = store.get(name)
+            if ns.attach:
+                return _start_attached(engine, c, stdin=ns.interactive, sig_proxy=True)
+            if store.state(c).Running:
+                print(name)
+                continue
+            status = start(engine, c, attached=False)
+            kind, rc, msg = read_status(status)
+            os.close(status)
+            if kind == "E":
+                raise ShaleError(msg)
+            print(name)
+        except ShaleError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            code = 1
+    return code
+
+
+def cmd_attach(engine: Engine, ns: argparse.Namespace) -> int:
+    from shale import attach
+    from shale.containers import ContainerStore
+
+    store = ContainerStore(engine)
+    c = store.get(ns.container)
+    if not store.state(c).Running:
+        raise InvalidArgument("You cannot attach to a stopped container, start it first")
+    stdin = not ns.no_stdin and bool(c.config.get("OpenStdin"))
+    sock = attach.connect(c.attach_socket, stdin=stdin)
+    result = attach.AttachClient(sock, tty=bool(c.config.get("Tty")), stdin=stdin,
+                                 sig_proxy=ns.sig_proxy).run()
+    return int(result.get("ExitCode", 0))
+
+
+def cmd_exec(engine: Engine, ns: argparse.Namespace) -> int:
+    from shale.exec_ops import ExecOptions, run_exec
+
+    if not ns.command:
+        raise InvalidArgument('"shale exec" requires at least 2 arguments.')
+    opts = ExecOptions(cmd=ns.command, env=_read_env_files(ns.env_file) + ns.env,
+                       workdir=ns.workdir, user=ns.user, tty=ns.tty,
+                       interactive=ns.interactive, detach=ns.detach,
+                       privileged=ns.privileged)
+    return run_exec(engine, ns.container, opts)

@@ -1,0 +1,171 @@
+"""``cp`` between a container and the host, through the same path safety as layers.
+
+Into a container: the source is packed as a tar and applied with ``layer.apply_layer`` into
+the container's mounted rootfs, so every write resolves inside it (a symlink planted in the
+container never leads a write outside). Out of a container: the source is resolved inside
+the rootfs with ``openat2(RESOLVE_IN_ROOT)`` and read through that descriptor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shale.containers import Container, ContainerStore
+from shale.errors import InvalidArgument, NotFound
+
+if TYPE_CHECKING:
+    from shale.engine import Engine
+
+
+def _split(arg: str) -> tuple[str | None, str]:
+    """``CONTAINER:PATH`` -> (container, path); a host path -> (None, path)."""
+    if arg.startswith(("/", ".")) or ":" not in arg:
+        return None, arg
+    name, _, path = arg.partition(":")
+    return name, path
+
+
+@contextlib.contextmanager
+def _mounted(engine: Engine, store: ContainerStore, c: Container) -> Iterator[Path]:
+    from shale.mount import is_mountpoint, mount_all, unmount
+
+    if is_mountpoint(c.rootfs):
+        yield c.rootfs
+        return
+    with engine.lock():
+        mount_all(engine.snapshots.mounts(c.snapshot_key), c.rootfs)
+    try:
+        yield c.rootfs
+    finally:
+        if not store.state(c).Running:
+            unmount(c.rootfs)
+
+
+def copy(engine: Engine, store: ContainerStore, src: str, dst: str, follow: bool) -> int:
+    sname, spath = _split(src)
+    dname, dpath = _split(dst)
+    if (sname is None) == (dname is None):
+        raise InvalidArgument("copying between containers is not supported; "
+                              "one of source or destination must be a container path")
+    if sname is not None:
+        c = store.get(sname)
+        with _mounted(engine, store, c) as root:
+            _from_container(root, spath, dpath)
+    else:
+        assert dname is not None
+        c = store.get(dname)
+        with _mounted(engine, store, c) as root:
+            _into_container(root, spath, dpath)
+    return 0
+
+
+def _from_container(root: Path, spath: str, dest: str) -> None:
+    from shale.fsroot import Root
+
+    contents_only = spath.endswith("/.")
+    rel = spath.strip("/")
+    with Root(root) as r:
+        try:
+            inside = r.resolve(rel) if rel else "/"
+        except FileNotFoundError:
+            raise NotFound(f"Could not find the file {spath} in container") from None
+        fd = r.open(inside.lstrip("/") or ".", os.O_PATH)
+    try:
+        src = f"/proc/self/fd/{fd}"
+        if dest == "-":
+            _tar_to_stdout(src, posixpath.basename(inside.rstrip("/")) or ".")
+            return
+        is_dir = os.path.isdir(src)
+        target = Path(dest)
+        if target.is_dir() and not contents_only:
+            target = target / (posixpath.basename(inside.rstrip("/")) or "root")
+        if is_dir:
+            target.mkdir(parents=False, exist_ok=True)
+            subprocess.run(["cp", "-a", "--", f"{src}/.", str(target)], check=True,
+                           capture_output=True)
+        else:
+            shutil.copy2(src, target, follow_symlinks=True)
+    except subprocess.CalledProcessError as e:
+        raise InvalidArgument(f"copy failed: {e.stderr.decode(errors='replace').strip()}"
+                              ) from None
+    finally:
+        os.close(fd)
+
+
+def _tar_to_stdout(src: str, arcname: str) -> None:
+    with tarfile.open(fileobj=sys.stdout.buffer, mode="w|", format=tarfile.PAX_FORMAT) as tf:
+        tf.add(src, arcname=arcname)
+
+
+def _into_container(root: Path, spath: str, dpath: str) -> None:
+    from shale.fsroot import Root
+    from shale.layer import apply_layer
+
+    rel_dest = dpath.strip("/")
+    with Root(root) as r:
+        try:
+            st = r.lstat(rel_dest) if rel_dest else os.stat(root)
+            dest_is_dir = (st.st_mode & 0o170000) == 0o040000 or \
+                (rel_dest and os.path.isdir(str(root) + r.resolve(rel_dest)))
+        except FileNotFoundError:
+            dest_is_dir = False
+            parent = posixpath.dirname(rel_dest)
+            if parent:
+                try:
+                    r.resolve(parent)
+                except FileNotFoundError:
+                    raise NotFound(f"Could not find the file {posixpath.dirname(dpath)} in "
+                                   "container") from None
+        inside = r.resolve(rel_dest) if dest_is_dir and rel_dest else "/" + rel_dest
+    with tempfile.TemporaryFile() as tmp:
+        if spath == "-":
+            shutil.copyfileobj(sys.stdin.buffer, tmp)
+            prefix = inside.strip("/")
+            tmp.seek(0)
+            _apply_prefixed(tmp, root, prefix)
+            return
+        src = Path(spath)
+        if not src.exists() and not src.is_symlink():
+            raise NotFound(f"lstat {spath}: no such file or directory")
+        contents_only = spath.endswith("/.")
+        if dest_is_dir and not contents_only:
+            arc = posixpath.join(inside.strip("/"), src.name)
+        else:
+            arc = inside.strip("/")
+        with tarfile.open(fileobj=tmp, mode="w", format=tarfile.PAX_FORMAT) as tf:
+            tf.add(str(src), arcname=arc or ".", filter=_owner_root)
+        tmp.seek(0)
+        apply_layer(tmp, root, fmt="dir")
+
+
+def _owner_root(ti: tarfile.TarInfo) -> tarfile.TarInfo:
+    ti.uid = ti.gid = 0
+    ti.uname = ti.gname = ""
+    return ti
+
+
+def _apply_prefixed(src: object, root: Path, prefix: str) -> None:
+    """Apply a tar read from stdin under ``prefix`` inside the container."""
+    from shale.layer import apply_layer
+
+    with tempfile.TemporaryFile() as out:
+        with tarfile.open(fileobj=src, mode="r|") as tin, \
+                tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tout:  # type: ignore[arg-type]
+            for ti in tin:
+                ti.name = posixpath.join(prefix, ti.name.lstrip("/")) if prefix else ti.name
+                if ti.islnk():
+                    ti.linkname = posixpath.join(prefix, ti.linkname.lstrip("/"))
+                f = tin.extractfile(ti) if ti.isfile() else None
+                tout.addfile(ti, f)
+        out.seek(0)
+        apply_layer(out, root, fmt="dir")
