@@ -116,7 +116,7 @@ def test_save_load_round_trip_is_byte_exact(cli: Cli, engine: Engine, tmp_path: 
 
 def test_round_trip_of_imported_image(cli: Cli, busybox_tar: Path, tmp_path: Path) -> None:
     image_id = cli.ok("import", str(busybox_tar), "shaletest-bb:1").strip()
-    _, data, _ = cli.binary("save", "shaletest-bb:1")
+    code, data, _ = cli.binary("save", "shaletest-bb:1")
     assert code == 0
     other = Cli(tmp_path / "r2")
     assert other.ok("load", stdin=data) == "Loaded image: shaletest-bb:1\n"
@@ -167,7 +167,7 @@ def test_save_is_docker_archive_and_oci_layout(cli: Cli, bb_layer: bytes) -> Non
     img = _image(bb_layer)
     cli.ok("load", stdin=docker_25_archive([img]))
     cli.ok("tag", "shaletest/arch:1", "shaletest/arch:2")
-    _, data, _ = cli.binary("save", "shaletest/arch:1", "shaletest/arch:2")
+    code, data, _ = cli.binary("save", "shaletest/arch:1", "shaletest/arch:2")
     assert code == 0
     with tarfile.open(fileobj=io.BytesIO(data)) as tf:
         names = tf.getnames()
@@ -481,47 +481,55 @@ def test_corrupt_archive_is_refused(cli: Cli, root: Path, seeded: ArchImage, bb_
 def test_corrupt_error_texts(cli: Cli, bb_layer: bytes) -> None:
     """The one-line errors name what is wrong."""
     data, _ = _truncated(bb_layer)
-    assert cli("load", stdin=data).err in (
-        "Error: invalid archive: unexpected end of data\n",
-        *(f"Error: {p}: unexpected end of tar archive\n"
-          for p in read_archive(docker_2010_archive([_image(bb_layer)]))))
+    assert cli("load", stdin=data).err == "Error: invalid archive: unexpected end of data\n"
+    data = gzip_bytes(docker_2010_archive([_image(bb_layer)]))[:300_000]
+    assert cli("load", stdin=data).err == (
+        "Error: invalid archive: Compressed file ended before the end-of-stream marker was "
+        "reached\n")
     assert cli("load", stdin=os.urandom(100_000)).err.startswith("Error: invalid archive: ")
     assert cli("load", stdin=b"").err == "Error: invalid archive: empty file\n"
 
 
 # ------------------------------------------------------------------------ kill and memory
-def _big_archive(path: Path, mb: int) -> ArchImage:
-    """An archive with a layer of ``mb`` MB, written to ``path`` without holding it all in
-    memory twice."""
+def _big_archive(path: Path, mb: int) -> tuple[str, str, int]:
+    """A docker-archive with one layer of ``mb`` MB, streamed to ``path`` (never held in
+    memory). Returns (image ID, diff_id, layer size)."""
     chunk = hashlib.sha256(b"seed").digest() * (1 << 15)  # 1 MiB, not all zeros
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        ti = tarfile.TarInfo("big.bin")
-        ti.size, ti.mtime = mb << 20, 0
-
-        class _Src(io.RawIOBase):
-            left = mb << 20
-
-            def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-                n = min(len(b), len(chunk), self.left)
-                b[:n] = chunk[:n]
-                self.left -= n
-                return n
-
-        tf.addfile(ti, io.BufferedReader(_Src()))
-    layer = buf.getvalue()
-    img = arch_image([layer], ["shaletest-big:1"])
-    path.write_bytes(docker_2010_archive([img]))
-    return img
+    head = tarfile.TarInfo("big.bin")
+    head.size, head.mtime = mb << 20, 0
+    parts = [head.tobuf(tarfile.PAX_FORMAT)]
+    layer_size = len(parts[0]) + (mb << 20) + 1024
+    h = hashlib.sha256(parts[0])
+    for _ in range(mb):
+        h.update(chunk)
+    h.update(b"\0" * 1024)
+    diff_id = "sha256:" + h.hexdigest()
+    config = make_config([diff_id])
+    image_id = sha256(config)
+    with open(path, "wb") as out:
+        member = tarfile.TarInfo("v1/layer.tar")
+        member.size = layer_size
+        out.write(member.tobuf(tarfile.PAX_FORMAT))
+        out.write(parts[0])
+        for _ in range(mb):
+            out.write(chunk)
+        out.write(b"\0" * 1024)
+        out.write(b"\0" * (-layer_size % 512))
+        rest = TarBuilder()
+        rest.file("c.json", config)
+        rest.file("manifest.json", dumps([{"Config": "c.json", "RepoTags": ["shaletest-big:1"],
+                                           "Layers": ["v1/layer.tar"]}]))
+        out.write(rest.bytes())
+    return image_id, diff_id, layer_size
 
 
 @pytest.mark.slow
 def test_kill_during_load_then_check_and_reload(root: Path, tmp_path: Path) -> None:
     archive = tmp_path / "big.tar"
-    img = _big_archive(archive, 400)
+    image_id, _, _ = _big_archive(archive, 400)
     Cli(root).ok("images")  # create the store first, so the ingest dir exists
     proc = subprocess.Popen([*SHALE_ARGV, "--root", str(root), "load", "-i", str(archive)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     # kill it part way: once the staged layer has some data but not all of it
     while time.monotonic() < deadline:
@@ -538,14 +546,14 @@ def test_kill_during_load_then_check_and_reload(root: Path, tmp_path: Path) -> N
     assert cli.ok("images", "-qa") == ""
     assert blob_listing(root) == {}
     assert cli.ok("load", "-i", str(archive)) == "Loaded image: shaletest-big:1\n"
-    assert cli.ok("images", "-q", "--no-trunc") == img.id + "\n"
+    assert cli.ok("images", "-q", "--no-trunc") == image_id + "\n"
 
 
 @pytest.mark.slow
 def test_load_and_save_memory_stays_flat(root: Path, tmp_path: Path) -> None:
     """Streaming: a 400 MB layer goes through load and save with a small peak RSS."""
     archive = tmp_path / "big.tar"
-    img = _big_archive(archive, 400)
+    _, diff_id, layer_size = _big_archive(archive, 400)
     for args in (["load", "-i", str(archive)],
                  ["save", "-o", str(tmp_path / "out.tar"), "shaletest-big:1"]):
         # the child reports its own peak RSS, so other children of pytest do not count
@@ -559,5 +567,5 @@ def test_load_and_save_memory_stays_flat(root: Path, tmp_path: Path) -> None:
         peak_kb = int(res.stderr.split()[-1])
         assert peak_kb < 150 * 1024, f"{args[0]}: peak RSS {peak_kb} kB"
     with tarfile.open(tmp_path / "out.tar") as tf:
-        member = tf.getmember(f"blobs/sha256/{img.diff_ids[0][7:]}")
-        assert member.size == len(img.layers[0])
+        member = tf.getmember(f"blobs/sha256/{diff_id[7:]}")
+        assert member.size == layer_size

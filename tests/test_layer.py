@@ -65,9 +65,10 @@ def write(path: Path, data: bytes = b"x", mode: int = 0o644, mtime: int = T0) ->
     os.utime(path, (mtime, mtime))
 
 
-def layer(upper: Path, **kw: object) -> tuple[bytes, Digest]:
+def layer(upper: Path, fmt: str, lower: Path | None = None,
+          skip: Callable[[str], bool] | None = None) -> tuple[bytes, Digest]:
     buf = io.BytesIO()
-    digest, size = write_layer(buf, upper, **kw)  # type: ignore[arg-type]
+    digest, size = write_layer(buf, upper, fmt=fmt, lower=lower, skip=skip)
     data = buf.getvalue()
     assert size == len(data)
     assert digest == Digest.of_bytes(data)
@@ -399,8 +400,9 @@ def test_apply_opaque_keeps_this_layers_entries(tmp_path: Path, opq_first: bool)
     write(root / "d" / "lower_file")
     write(root / "d" / "sub" / "lower_in_sub")
     write(root / "d" / "keep" / "lower")
-    opq = [("d/.wh..wh..opq", "reg", b"")]
-    body = [("d/", "dir", None), ("d/new", "reg", b"n"), ("d/keep/implied", "reg", b"i")]
+    opq: list[tuple[str, str, object]] = [("d/.wh..wh..opq", "reg", b"")]
+    body: list[tuple[str, str, object]] = [
+        ("d/", "dir", None), ("d/new", "reg", b"n"), ("d/keep/implied", "reg", b"i")]
     apply(make_tar(body[:1] + opq + body[1:] if opq_first else body + opq), root)
     assert sorted(os.listdir(root / "d")) == ["keep", "new"]
     assert os.listdir(root / "d" / "keep") == ["implied"]

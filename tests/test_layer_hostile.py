@@ -58,7 +58,7 @@ def make_tar(entries: list[Entry]) -> bytes:
             ti.mode = 0o4777 if kind == "reg" else 0o755
             ti.mtime = 1
             if kind == "reg":
-                data = b"pwned" if payload is None else bytes(payload)  # type: ignore[arg-type]
+                data = payload if isinstance(payload, bytes) else b"pwned"
                 ti.size = len(data)
                 tf.addfile(ti, io.BytesIO(data))
                 continue

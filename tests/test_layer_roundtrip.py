@@ -180,16 +180,16 @@ def mutate(root: Path, muts: list[tuple[str, tuple[str, ...], int]]) -> None:
                 made.append(q)
 
 
-def layer_bytes(upper: Path, **kw: object) -> bytes:
+def layer_bytes(upper: Path, fmt: str, lower: Path | None = None) -> bytes:
     buf = io.BytesIO()
-    digest, size = write_layer(buf, upper, **kw)  # type: ignore[arg-type]
+    _, size = write_layer(buf, upper, fmt=fmt, lower=lower)
     assert size == len(buf.getvalue())
     return buf.getvalue()
 
 
-def apply(data: bytes, root: Path, **kw: object) -> None:
+def apply(data: bytes, root: Path, fmt: str, lowers: list[Path] | None = None) -> None:
     root.mkdir(exist_ok=True)
-    apply_layer(io.BytesIO(data), root, **kw)  # type: ignore[arg-type]
+    apply_layer(io.BytesIO(data), root, fmt=fmt, lowers=lowers)
 
 
 def copy_tree(src: Path, dst: Path) -> None:

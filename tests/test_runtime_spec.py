@@ -264,6 +264,15 @@ def test_cgroup_paths_and_v2_mounts(tmp_path: Path) -> None:
         Cgroup("/", layout)
 
 
+def test_container_helpers() -> None:
+    from shale.runtime import cgroups
+
+    assert cgroups.container_path("abc") == "/shale/abc"
+    assert cgroups.for_container("abc").path == "/shale/abc"
+    assert cgroups.pids("no-such-container") == []
+    cgroups.remove_cgroup("no-such-container")  # nothing there: no error
+
+
 def test_device_rules() -> None:
     assert device_rule({"allow": False, "access": "rwm"}) == "a *:* rwm"
     assert device_rule({"allow": True, "type": "c", "major": 1, "minor": 3,

@@ -235,6 +235,9 @@ def _stage_layer(content: ContentStore, src: BinaryIO, what: str) -> tuple[Write
     except ShaleError:
         w.discard()
         raise
+    except tarfile.TarError:
+        w.discard()  # the archive itself ended or broke, not this layer: the caller says so
+        raise
     except _corrupt_errors() as e:
         w.discard()
         raise DataError(f"{what}: {e}") from None
@@ -252,6 +255,8 @@ def _ingest(content: ContentStore, name: str, f: BinaryIO, size: int,
     head = f.read(min(size, SMALL_HEAD))
     if size <= SMALL_HEAD or (size <= SMALL and head.lstrip()[:1] in (b"{", b"[")):
         data = head + f.read()
+        if len(data) != size:
+            raise DataError("invalid archive: unexpected end of data")
         if progress:
             progress("load", size)
         return _Member(name, Digest.of_bytes(data), size, data)
@@ -266,6 +271,11 @@ def _ingest(content: ContentStore, name: str, f: BinaryIO, size: int,
     except ShaleError as e:
         m.error = e
     tee.drain()
+    if raw_hash.size != size:
+        # tarfile hands out a short member when the archive ends early; say so, instead
+        # of the stream error it raises when it next tries to move on
+        _discard(m)
+        raise DataError("invalid archive: unexpected end of data")
     m.raw, m.raw_size = raw_hash.digest(), raw_hash.size
     return m
 

@@ -85,7 +85,12 @@ class Engine:
             os.close(fd)
 
     def close(self) -> None:
+        """Close every database connection (they reopen on next use). Call before fork."""
         self.meta.close()
+        if self._snap is not None:
+            close = getattr(self._snap, "close", None)
+            if close is not None:
+                close()
 
     # ---- images --------------------------------------------------------------------------
     def image(self, name: str) -> Image:
@@ -194,10 +199,9 @@ class Engine:
         """Apply ``-c`` Dockerfile instructions (import, commit) to a config object."""
         if not changes:
             return
-        from shale.dockerfile.parser import apply_config_change, parse_instruction
+        from shale.dockerfile.config import apply_changes
 
-        for text in changes:
-            apply_config_change(config, parse_instruction(text))
+        apply_changes(config, changes)
 
     def save(self, names: list[str], out: BinaryIO, progress: Progress | None = None) -> None:
         from shale.archive import SaveItem, save

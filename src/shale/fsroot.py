@@ -255,3 +255,43 @@ def remove_at(dirfd: int, name: str) -> int:
     else:
         os.unlink(name, dir_fd=dirfd)
     return st.st_mode
+
+
+def clone_at(src_dir: int, src_name: str, st: os.stat_result, dst_dir: int, dst_name: str,
+             buf: memoryview, skip_xattrs: tuple[str, ...] = ()) -> None:
+    """Copy one non-directory (data, owner, mode, xattrs but ``skip_xattrs`` prefixes, times)
+    from ``src_dir/src_name`` (lstat ``st``) to a new ``dst_dir/dst_name``; neither name is
+    followed if it is a symlink."""
+    times = (st.st_atime_ns, st.st_mtime_ns)
+    if not stat.S_ISREG(st.st_mode):
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(src_name, dir_fd=src_dir), dst_name, dir_fd=dst_dir)
+        else:
+            os.mknod(dst_name, st.st_mode, st.st_rdev, dir_fd=dst_dir)
+            os.chmod(dst_name, stat.S_IMODE(st.st_mode), dir_fd=dst_dir)  # ours: no symlink
+        os.chown(dst_name, st.st_uid, st.st_gid, dir_fd=dst_dir, follow_symlinks=False)
+        os.utime(dst_name, ns=times, dir_fd=dst_dir, follow_symlinks=False)
+        return
+    src = os.open(src_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        dst = os.open(dst_name, flags, 0o600, dir_fd=dst_dir)
+        try:
+            while n := os.readv(src, [buf]):
+                done = 0
+                while done < n:
+                    done += os.write(dst, buf[done:n])
+            os.fchown(dst, st.st_uid, st.st_gid)
+            os.fchmod(dst, stat.S_IMODE(st.st_mode))  # after chown, which clears setuid
+            for name in os.listxattr(src):
+                if not name.startswith(skip_xattrs):
+                    try:  # after chown, which drops security.capability
+                        os.setxattr(dst, name, os.getxattr(src, name))
+                    except OSError as e:
+                        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                            raise
+            os.utime(dst, ns=times)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)

@@ -31,7 +31,8 @@ from typing import BinaryIO, TypeVar, cast
 from shale import tarwriter as tw
 from shale.digest import Digest
 from shale.errors import DataError, InvalidArgument, UnsafePath
-from shale.fsroot import Root, clean_entry_name, remove_at
+from shale.fsroot import Root, clean_entry_name, clone_at, remove_at
+from shale.tarwriter import getxattr as _getx
 
 WH = ".wh."
 WH_META = ".wh..wh."
@@ -79,39 +80,6 @@ def _lstat(path: str) -> os.stat_result | None:
         return os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
-
-
-def _xnames(path: str) -> list[str]:
-    try:
-        return os.listxattr(path, follow_symlinks=False)
-    except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            return []
-        raise
-
-
-def _getx(path: str, name: str) -> bytes | None:
-    try:
-        return os.getxattr(path, name, follow_symlinks=False)
-    except OSError as e:
-        if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOENT):
-            return None
-        raise
-
-
-def _exported(path: str, names: list[str]) -> dict[str, bytes]:
-    """The xattrs a layer carries: ``security.capability`` (as docker) and ``user.*`` (as
-    containers/storage), never the overlay's own (``trusted.overlay.origin`` etc. are host
-    state and would corrupt another host's overlay)."""
-    out: dict[str, bytes] = {}
-    for name in names:
-        if name == "security.capability" or (
-            name.startswith("user.") and not name.startswith("user.overlay.")
-        ):
-            value = _getx(path, name)
-            if value is not None:
-                out[name] = value
-    return out
 
 
 def _sorted_names(path: str) -> list[str]:
@@ -286,65 +254,15 @@ def changes_overlay(upper: Path, lowers: list[Path]) -> list[Change]:
 # ------------------------------------------------------------------ writing layers
 
 
-class _Emitter:
-    """Turns tree entries into deterministic tar entries (see ``tarwriter`` for the bytes)."""
-
-    def __init__(self, out: BinaryIO) -> None:
-        self.tar = tw.TarWriter(out, _BUF)
-        self.links: dict[tuple[int, int], str] = {}
-
-    def entry(self, rel: str, path: str, st: os.stat_result) -> None:
-        mode, uid, gid = st.st_mode, st.st_uid, st.st_gid
-        mtime = st.st_mtime_ns // _NS
-        xattrs = _exported(path, _xnames(path))
-        if stat.S_ISDIR(mode):
-            self.tar.write(tw.header(rel + "/", tw.DIR, mode=mode, uid=uid, gid=gid,
-                                     mtime=mtime, xattrs=xattrs))
-            return
-        if stat.S_ISSOCK(mode):
-            return  # sockets are never archived
-        if st.st_nlink > 1:
-            # First path of an inode carries it; later ones are links to that path.
-            key = (st.st_dev, st.st_ino)
-            first = self.links.setdefault(key, rel)
-            if first != rel:
-                self.tar.write(tw.header(rel, tw.LNK, mode=mode, uid=uid, gid=gid, mtime=mtime,
-                                         linkname=first))
-                return
-        if stat.S_ISREG(mode):
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                self.tar.write(tw.header(rel, tw.REG, mode=mode, uid=uid, gid=gid, mtime=mtime,
-                                         size=st.st_size, xattrs=xattrs))
-                self.tar.copy_data(fd, st.st_size, rel)
-            finally:
-                os.close(fd)
-        elif stat.S_ISLNK(mode):
-            self.tar.write(tw.header(rel, tw.SYM, mode=mode, uid=uid, gid=gid, mtime=mtime,
-                                     linkname=os.readlink(path), xattrs=xattrs))
-        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
-            kind = tw.CHR if stat.S_ISCHR(mode) else tw.BLK if stat.S_ISBLK(mode) else tw.FIFO
-            dev = st.st_rdev
-            self.tar.write(tw.header(rel, kind, mode=mode, uid=uid, gid=gid, mtime=mtime,
-                                     devmajor=os.major(dev) if dev else 0,
-                                     devminor=os.minor(dev) if dev else 0, xattrs=xattrs))
-
-    def whiteout(self, rel: str, st: os.stat_result | None) -> None:
-        """``.wh.<name>``: mode 0600, size 0; owner and mtime of the overlay char device
-        (as docker's native diff), zeros for a deletion found by comparing trees."""
-        head, _, name = rel.rpartition("/")
-        uid, gid, mtime = (st.st_uid, st.st_gid, st.st_mtime_ns // _NS) if st else (0, 0, 0)
-        self.tar.write(tw.header(_join(head, WH + name), tw.REG, mode=0o600, uid=uid, gid=gid,
-                                 mtime=mtime))
-
-    def opaque(self, rel: str, st: os.stat_result) -> None:
-        """``<dir>/.wh..wh..opq`` right after the dir header: mode = the dir's permission bits,
-        its owner, mtime 0 (docker's native diff)."""
-        self.tar.write(tw.header(_join(rel, WH_OPAQUE), tw.REG, mode=stat.S_IMODE(st.st_mode),
-                                 uid=st.st_uid, gid=st.st_gid, mtime=0))
+def _whiteout_entry(tar: tw.TarWriter, rel: str, st: os.stat_result | None) -> None:
+    """``.wh.<name>``: mode 0600, size 0; owner and mtime of the overlay char device
+    (as docker's native diff), zeros for a deletion found by comparing trees."""
+    head, _, name = rel.rpartition("/")
+    uid, gid, mtime = (st.st_uid, st.st_gid, st.st_mtime_ns // _NS) if st else (0, 0, 0)
+    tar.add_empty(_join(head, WH + name), mode=0o600, uid=uid, gid=gid, mtime=mtime)
 
 
-def _write_overlay(em: _Emitter, upper: str, skip: Callable[[str], bool] | None) -> None:
+def _write_overlay(tar: tw.TarWriter, upper: str, skip: Callable[[str], bool] | None) -> None:
     """Walk only the upper dir, in tar order (iterative: trees may be deeper than Python's
     recursion limit)."""
     stack: list[tuple[str, str, Iterator[str], bool]] = [
@@ -361,13 +279,16 @@ def _write_overlay(em: _Emitter, upper: str, skip: Callable[[str], bool] | None)
         st = os.lstat(path)
         # Before any hardlink logic: the kernel makes whiteouts links of one inode.
         if _is_whiteout(st) or _xattr_whiteout(path, st, parent_x):
-            em.whiteout(rel, st)
+            _whiteout_entry(tar, rel, st)
             continue
-        em.entry(rel, path, st)
+        tar.add_path(rel, path, st)
         if stat.S_ISDIR(st.st_mode):
             opaque = _getx(path, _OPAQUE)
             if opaque == b"y":
-                em.opaque(rel, st)
+                # Right after the dir header, as docker: mode = the dir's permission bits,
+                # its owner, mtime 0.
+                tar.add_empty(_join(rel, WH_OPAQUE), mode=stat.S_IMODE(st.st_mode),
+                              uid=st.st_uid, gid=st.st_gid, mtime=0)
             stack.append((rel, path, iter(_sorted_names(path)), opaque == b"x"))
 
 
@@ -380,17 +301,17 @@ def write_layer(out: BinaryIO, upper: Path, *, fmt: str, lower: Path | None = No
     "everything added" (``export``, flattening); deletions become explicit whiteouts of the
     top-most deleted path. ``skip("/path")`` drops a path and everything below it.
     """
-    em = _Emitter(out)
+    tar = tw.TarWriter(out, _BUF)
     if _fmt(fmt) == "overlay":
-        _write_overlay(em, os.fspath(upper), skip)
+        _write_overlay(tar, os.fspath(upper), skip)
     else:
         low = os.fspath(lower) if lower is not None else None
         for _kind, rel, upath, st in _diff_walk(low, os.fspath(upper), skip):
             if st is None:
-                em.whiteout(rel, None)
+                _whiteout_entry(tar, rel, None)
             else:
-                em.entry(rel, upath, st)
-    return em.tar.close()
+                tar.add_path(rel, upath, st)
+    return tar.close()
 
 
 # ------------------------------------------------------------------ applying layers
@@ -711,7 +632,7 @@ class _Applier:
             lpfd, lbase = lower.open_parent(target)
             try:
                 pfd, _, base = self._parent(target)
-                _clone(lpfd, lbase, st, pfd, base, self.view)
+                clone_at(lpfd, lbase, st, pfd, base, self.view, _OVERLAY_XATTRS)
             finally:
                 os.close(lpfd)
             return
@@ -733,42 +654,6 @@ class _Applier:
                 os.close(fd)
 
 
-def _clone(spfd: int, sbase: str, st: os.stat_result, pfd: int, base: str,
-           view: memoryview) -> None:
-    """Copy one non-directory entry (data, owner, mode, xattrs, times) between parents."""
-    ns = (st.st_atime_ns, st.st_mtime_ns)
-    if stat.S_ISLNK(st.st_mode):
-        os.symlink(os.readlink(sbase, dir_fd=spfd), base, dir_fd=pfd)
-        os.chown(base, st.st_uid, st.st_gid, dir_fd=pfd, follow_symlinks=False)
-        os.utime(base, ns=ns, dir_fd=pfd, follow_symlinks=False)
-        return
-    if not stat.S_ISREG(st.st_mode):
-        os.mknod(base, st.st_mode, st.st_rdev, dir_fd=pfd)
-        os.chown(base, st.st_uid, st.st_gid, dir_fd=pfd, follow_symlinks=False)
-        os.chmod(base, stat.S_IMODE(st.st_mode), dir_fd=pfd)  # just made: not a symlink
-        os.utime(base, ns=ns, dir_fd=pfd, follow_symlinks=False)
-        return
-    src = os.open(sbase, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=spfd)
-    try:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        dst = os.open(base, flags, 0o600, dir_fd=pfd)
-        try:
-            while n := os.readv(src, [view]):
-                done = 0
-                while done < n:
-                    done += os.write(dst, view[done:n])
-            os.fchown(dst, st.st_uid, st.st_gid)
-            os.fchmod(dst, stat.S_IMODE(st.st_mode))
-            for name in os.listxattr(src):
-                if not name.startswith(_OVERLAY_XATTRS):
-                    _setx(dst, name, os.getxattr(src, name))
-            os.utime(dst, ns=ns)
-        finally:
-            os.close(dst)
-    finally:
-        os.close(src)
-
-
 def apply_layer(stream: BinaryIO, root: Path, *, fmt: str,
                 lowers: list[Path] | None = None) -> ApplyResult:
     """Apply a plain (uncompressed) layer tar to ``root`` in one streaming pass.
@@ -786,7 +671,8 @@ def apply_layer(stream: BinaryIO, root: Path, *, fmt: str,
         try:
             with tarfile.open(fileobj=stream, mode="r|") as tf:
                 for ti in tf:
-                    tf.members = []  # type: ignore[attr-defined]  # stream mode still remembers every member: not here
+                    # Stream mode still keeps every member (200k entries: +87 MB): drop them.
+                    tf.members = []  # type: ignore[attr-defined]
                     ap.entry(tf, ti)
             ap.finish()
         except tarfile.TarError as e:

@@ -40,6 +40,7 @@ def spawn(engine: Engine, c: Container, attached: bool) -> int:
     ``L`` once the attach socket listens (attached mode) and then ``S`` (started) or
     ``E<code> <message>`` (failed), then closes."""
     rd, wr = os.pipe()
+    engine.close()  # no SQLite connection may cross a fork
     pid = os.fork()
     if pid == 0:  # first child: detach and fork the monitor, then leave
         try:
@@ -232,12 +233,19 @@ class Monitor:
 
     def _create(self, rt: Any) -> tuple[int, dict[str, int]]:
         """Make the container's stdio and create it. Returns (pid, fds to pump)."""
-        from shale.runtime import ProcessIO
+        from shale.runtime import ConsoleSocket, ProcessIO
 
         if self.tty:
-            io = ProcessIO(terminal=True)
-            pid = rt.create(self.c.id, self.c.bundle, io)
-            master = io.master_fd()
+            import tempfile
+
+            tmp = tempfile.mkdtemp(prefix="shale-console-")
+            try:
+                with ConsoleSocket(os.path.join(tmp, "c.sock")) as console:
+                    pid = rt.create(self.c.id, self.c.bundle,
+                                    ProcessIO(console_socket=console.path))
+                    master = console.receive()
+            finally:
+                os.rmdir(tmp) if os.path.isdir(tmp) and not os.listdir(tmp) else None
             self.stdin_w = master
             return pid, {"tty": master}
         stdin_r = os.open(os.devnull, os.O_RDONLY)

@@ -10,7 +10,11 @@ one changes every diff_id (and breaks the build cache across versions).
   split), ids beyond 7 octal digits, sizes beyond 11, negative or huge mtimes, and xattrs as
   ``SCHILY.xattr.<name>`` with their raw bytes. Never a global header.
 - Mode = permission and special bits only (no file-type bits, unlike Go).
-- Whole-second mtimes; no atime/ctime.
+- Whole-second mtimes (floored); no atime/ctime.
+- Xattrs written: ``security.capability`` (as docker) and ``user.*`` (as containers/storage),
+  never ``user.overlay.*``/``trusted.*``: overlay metadata is host state.
+- Hardlinks: the first path of an inode carries it, later paths are type ``1`` links to it.
+- Sockets are never archived.
 - The archive ends with exactly two zero blocks (Go style, no 10240-byte record padding), so
   an empty changeset is 1024 zero bytes, the canonical empty layer
   ``sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef``.
@@ -18,7 +22,9 @@ one changes every diff_id (and breaks the build cache across versions).
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from typing import BinaryIO
 
 from shale.digest import Digest, Hasher
@@ -92,6 +98,33 @@ def _block(name: bytes, kind: bytes, mode: int, uid: int, gid: int, size: int, m
     return blk[:148] + b"%06o\0 " % sum(blk) + blk[156:]
 
 
+def getxattr(path: str, name: str) -> bytes | None:
+    """lgetxattr, None when absent or unsupported."""
+    try:
+        return os.getxattr(path, name, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOENT):
+            return None
+        raise
+
+
+def exported_xattrs(path: str) -> dict[str, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return {}
+        raise
+    out: dict[str, bytes] = {}
+    for name in names:
+        if name == "security.capability" or (
+                name.startswith("user.") and not name.startswith("user.overlay.")):
+            value = getxattr(path, name)
+            if value is not None:
+                out[name] = value
+    return out
+
+
 def padding(size: int) -> bytes:
     return bytes(-size % BLOCK)
 
@@ -104,6 +137,44 @@ class TarWriter:
         self._out = out
         self._hash = Hasher()
         self._buf = bytearray(bufsize)
+        self._links: dict[tuple[int, int], str] = {}
+
+    def add_path(self, name: str, path: str, st: os.stat_result) -> None:
+        """The entry for one filesystem object (``lstat`` result ``st``) named ``name``."""
+        mode, uid, gid, mtime = st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns // 10**9
+        if stat.S_ISSOCK(mode):
+            return
+        xattrs = exported_xattrs(path)
+        if stat.S_ISDIR(mode):
+            self.write(header(name + "/", DIR, mode=mode, uid=uid, gid=gid, mtime=mtime,
+                              xattrs=xattrs))
+            return
+        if st.st_nlink > 1:
+            first = self._links.setdefault((st.st_dev, st.st_ino), name)
+            if first != name:
+                self.write(header(name, LNK, mode=mode, uid=uid, gid=gid, mtime=mtime,
+                                  linkname=first))
+                return
+        if stat.S_ISREG(mode):
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                self.write(header(name, REG, mode=mode, uid=uid, gid=gid, mtime=mtime,
+                                  size=st.st_size, xattrs=xattrs))
+                self.copy_data(fd, st.st_size, name)
+            finally:
+                os.close(fd)
+        elif stat.S_ISLNK(mode):
+            self.write(header(name, SYM, mode=mode, uid=uid, gid=gid, mtime=mtime,
+                              linkname=os.readlink(path), xattrs=xattrs))
+        else:
+            kind = CHR if stat.S_ISCHR(mode) else BLK if stat.S_ISBLK(mode) else FIFO
+            dev = st.st_rdev
+            self.write(header(name, kind, mode=mode, uid=uid, gid=gid, mtime=mtime,
+                              devmajor=os.major(dev), devminor=os.minor(dev), xattrs=xattrs))
+
+    def add_empty(self, name: str, *, mode: int, uid: int, gid: int, mtime: int) -> None:
+        """An empty regular file (whiteouts and opaque markers)."""
+        self.write(header(name, REG, mode=mode, uid=uid, gid=gid, mtime=mtime))
 
     def write(self, data: bytes | memoryview) -> None:
         self._out.write(data)

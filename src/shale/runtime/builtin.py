@@ -4,11 +4,12 @@ Process tree of ``create`` (namespace syscalls need a single-threaded process, a
 namespace only applies to the *next* child)::
 
     caller ──fork──> A: dumpable=0, stdio, close fds, unshare(mnt,uts,ipc,[net],pid)
-                        ──fork──> B (PID 1): waits "go", mounts, pivot_root, pty, caps...
+                        ──fork──> B (PID 1): mounts, pivot_root, pty; "go"; user, caps...
                      A reports B's pid and exits; B is reparented to the caller (subreaper)
 
-The caller puts B in its cgroup and sends "go"; B sets everything up, reports ``ready`` on
-the sync pipe and blocks opening ``exec.fifo`` (runc's design: any process can ``start``).
+B builds its filesystem view while the caller moves it into its cgroup; after "go" it sets
+user, capabilities and seccomp, reports ``ready`` on the sync pipe and blocks opening
+``exec.fifo`` (runc's design: any process can ``start``).
 ``start`` opens the fifo, reads B's ``0``, then reads to EOF: nothing more means execve
 succeeded (B's fd is close-on-exec); ``error CODE MSG`` means it failed. ``exec`` is the same
 tree with ``setns`` into B's namespaces instead of ``unshare``, and no fifo.
@@ -476,9 +477,6 @@ class _Launch:
     def _init(self, sync_w: int, go_r: int, fifo_fd: int, console: int | None) -> None:
         """Runs as the container's PID 1 until execve."""
         os.setsid()
-        if os.read(go_r, 1) != b"g":
-            os._exit(1)
-        os.close(go_r)
         os.umask(0)
         cfg, proc = self.config, self.config.get("process") or {}
         new_ns = {n.get("type") for n in (cfg.get("linux") or {}).get("namespaces") or []
@@ -494,6 +492,11 @@ class _Launch:
             rootfs.bind_console(_send_pty(console, proc))
         rootfs.finalize(cfg)
         os.umask(0o022)
+        # the caller moves us into the cgroup while we mount (a v1 cgroup move waits for an
+        # RCU grace period, ~10 ms here); nothing of the container's runs before "go"
+        if os.read(go_r, 1) != b"g":
+            os._exit(1)
+        os.close(go_r)
         path, env = process.prepare(proc, self.bpf)
         os.write(sync_w, b"ready\n")
         os.close(sync_w)

@@ -260,3 +260,42 @@ class Cgroup:
         finally:
             if not was_frozen or sig == signal.SIGKILL:
                 self.thaw()
+
+
+# -- by container id: the engine's containers live at /shale/<cid> -------------------------
+
+PARENT = "shale"
+
+
+def container_path(cid: str) -> str:
+    """The ``linux.cgroupsPath`` the engine gives container ``cid``."""
+    return f"/{PARENT}/{cid}"
+
+
+def for_container(cid: str) -> Cgroup:
+    return Cgroup(container_path(cid))
+
+
+def freeze(cid: str) -> None:
+    """``docker pause``."""
+    for_container(cid).freeze()
+
+
+def thaw(cid: str) -> None:
+    """``docker unpause``."""
+    for_container(cid).thaw()
+
+
+def pids(cid: str) -> list[int]:
+    """Host pids of every process in the container (``docker top``)."""
+    return for_container(cid).pids()
+
+
+def oom_killed(cid: str) -> bool:
+    """Whether the kernel OOM-killed a process of the container; read before removal."""
+    return for_container(cid).oom_killed()
+
+
+def remove_cgroup(cid: str) -> None:
+    """Remove the container's cgroup directories (a no-op where they are already gone)."""
+    for_container(cid).remove()

@@ -2,9 +2,8 @@
 
 Python 3.11 has no ``os.unshare``/``os.setns``/``mount``/``pivot_root``/``capset``, so they
 come from libc through ctypes (about 3 ms to import). Every wrapper raises ``OSError`` with
-the real errno, never returns a status. Syscalls glibc 2.36 has no wrapper for (``openat2``)
-go through ``syscall(2)`` with the number, which is the same on every architecture for the
-syscalls numbered after 424.
+the real errno, never returns a status. ``openat2`` is ``shale.fsroot``'s (one copy of the
+path-safety primitive in the project).
 
 Only this module talks ctypes; the rest of the runtime calls these functions.
 """
@@ -65,9 +64,6 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 SECCOMP_MODE_FILTER = 2
 
 O_PATH = 0o10000000
-RESOLVE_NO_MAGICLINKS = 0x02
-RESOLVE_IN_ROOT = 0x10
-_SYS_OPENAT2 = 437
 CLOSE_RANGE_CLOEXEC = 1 << 2
 
 TIOCSCTTY = 0x540E
@@ -197,15 +193,6 @@ def load_seccomp(bpf: bytes) -> None:
     fprog = ctypes.create_string_buffer(
         struct.pack("HxxxxxxP", len(bpf) // 8, ctypes.addressof(prog_buf)))
     _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0))
-
-
-def openat2(dirfd: int, path: str, flags: int, mode: int = 0,
-            resolve: int = RESOLVE_IN_ROOT) -> int:
-    """openat2(2): with RESOLVE_IN_ROOT every symlink (absolute or ``..``) is resolved as if
-    ``dirfd`` were ``/``, so a link planted in an image can never lead outside it."""
-    how = ctypes.create_string_buffer(struct.pack("QQQ", flags | os.O_CLOEXEC, mode, resolve))
-    ret = _libc.syscall(_SYS_OPENAT2, dirfd, os.fsencode(path), how, 24)
-    return _check(int(ret), path)
 
 
 def close_range_cloexec(first: int) -> None:

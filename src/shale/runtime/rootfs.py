@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from shale.errors import RuntimeFailure
+from shale.fsroot import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2
 from shale.runtime import linux
 
 _FLAGS: dict[str, tuple[bool, int]] = {  # option -> (clear?, flag)
@@ -51,7 +52,7 @@ _DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
             ("urandom", 1, 9), ("tty", 5, 0))
 _DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
               ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"))
-_RESOLVE = linux.RESOLVE_IN_ROOT | linux.RESOLVE_NO_MAGICLINKS
+_RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
 
 
 def parse_options(options: list[str]) -> tuple[int, int, str]:
@@ -77,7 +78,7 @@ def mount_flags_of(path: str) -> int:
 # -- resolving inside the root -------------------------------------------------------------
 
 def open_in_root(rootfd: int, rel: str, flags: int = linux.O_PATH) -> int:
-    return linux.openat2(rootfd, rel, flags, 0, _RESOLVE)
+    return openat2(rootfd, rel, flags, 0, _RESOLVE)
 
 
 def _redirect(rootfd: int, parts: list[str], i: int) -> str | None:
@@ -137,7 +138,7 @@ def ensure_target(rootfd: int, rel: str, directory: bool) -> None:
         except FileNotFoundError:
             pass
         try:
-            os.close(linux.openat2(rootfd, path, os.O_RDONLY | os.O_CREAT, 0o644, _RESOLVE))
+            os.close(openat2(rootfd, path, os.O_RDONLY | os.O_CREAT, 0o644, _RESOLVE))
             return
         except FileNotFoundError:
             redirect = _redirect(rootfd, parts, len(parts) - 1)

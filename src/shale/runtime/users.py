@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from shale.errors import InvalidArgument
+from shale.fsroot import Root
 
 _MAX_SIZE = 16 << 20
 
@@ -46,19 +47,16 @@ class _Group(NamedTuple):
 
 
 def read_in_root(rootfs: Path, relpath: str) -> bytes | None:
-    """The file at ``relpath`` with symlinks resolved inside ``rootfs``; None if missing."""
-    from shale.runtime import linux
-
-    rootfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        # O_NONBLOCK: a FIFO planted as /etc/passwd must not hang the engine.
-        fd = linux.openat2(rootfd, relpath.lstrip("/"), os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as e:
-        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-            return None  # missing, or a link loop: as if the file were not there
-        raise
-    finally:
-        os.close(rootfd)
+    """The file at ``relpath`` with symlinks resolved inside ``rootfs``; None if missing.
+    (``fsroot.Root.read_file`` plus what a hostile image needs: no FIFO, a size cap.)"""
+    with Root(rootfs) as root:
+        try:
+            # O_NONBLOCK: a FIFO planted as /etc/passwd must not hang the engine.
+            fd = root.open(relpath, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return None  # missing, or a link loop: as if the file were not there
+            raise
     with open(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
