@@ -136,6 +136,33 @@ def monitor_alive(lock_path: Path) -> bool:
     return False
 
 
+def read_state(c: Container) -> State:
+    """The container's state, corrected for a dead monitor. No database access, so the
+    monitor (a forked child that must not touch SQLite) can use it."""
+    try:
+        st = State.from_json(json.loads(c.state_path.read_text()))
+    except (FileNotFoundError, ValueError):
+        st = State()
+    if st.Status in ("running", "paused", "restarting") and not monitor_alive(c.lock_path):
+        # the monitor died (kill -9, reboot): the container died with it
+        st.Status, st.Running, st.Paused, st.Restarting = "exited", False, False, False
+        st.Pid = 0
+        if st.FinishedAt == ZERO_TIME:
+            st.ExitCode = 137 if st.ExitCode == 0 else st.ExitCode
+    return st
+
+
+def write_state(c: Container, st: State) -> None:
+    atomic_write(c.state_path, json.dumps(st.to_json()).encode())
+
+
+def unmount_rootfs(c: Container) -> None:
+    from shale.mount import unmount_all_under, unmount
+
+    unmount_all_under(c.rootfs)
+    unmount(c.rootfs)
+
+
 class ContainerStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -177,20 +204,10 @@ class ContainerStore:
 
     # ---- state -------------------------------------------------------------------------
     def state(self, c: Container) -> State:
-        try:
-            st = State.from_json(json.loads(c.state_path.read_text()))
-        except (FileNotFoundError, ValueError):
-            st = State()
-        if st.Status in ("running", "paused", "restarting") and not monitor_alive(c.lock_path):
-            # the monitor died (kill -9, reboot): the container is gone with it
-            st.Status, st.Running, st.Paused, st.Restarting = "exited", False, False, False
-            st.Pid = 0
-            if st.FinishedAt == ZERO_TIME:
-                st.ExitCode = 137 if st.ExitCode == 0 else st.ExitCode
-        return st
+        return read_state(c)
 
     def write_state(self, c: Container, st: State) -> None:
-        atomic_write(c.state_path, json.dumps(st.to_json()).encode())
+        write_state(c, st)
 
     # ---- create ------------------------------------------------------------------------
     def create(self, record: dict[str, Any], name: str | None) -> Container:
@@ -282,9 +299,7 @@ class ContainerStore:
         mount_all(self.engine.snapshots.mounts(c.snapshot_key), c.rootfs)
 
     def unmount_rootfs(self, c: Container) -> None:
-        from shale.mount import unmount_all_under
-
-        unmount_all_under(c.rootfs)
+        unmount_rootfs(c)
 
 
 def _check_name(name: str) -> None:

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 from shale import attach as ap
 from shale.oci import format_time
 
+from shale.containers import Container, State, read_state, unmount_rootfs, write_state
+
 if TYPE_CHECKING:
-    from shale.containers import Container, ContainerStore, State
     from shale.engine import Engine
 
 
@@ -40,14 +41,16 @@ def spawn(engine: Engine, c: Container, attached: bool) -> int:
     ``L`` once the attach socket listens (attached mode) and then ``S`` (started) or
     ``E<code> <message>`` (failed), then closes."""
     rd, wr = os.pipe()
-    engine.close()  # no SQLite connection may cross a fork
+    # The monitor never touches SQLite: it inherits the record through fork and keeps
+    # state in files. (SQLite's locks are per process; a forked child must not use, or
+    # even close, the parent's connections: it leaves through os._exit.)
     pid = os.fork()
     if pid == 0:  # first child: detach and fork the monitor, then leave
         try:
             os.close(rd)
             os.setsid()
             if os.fork() == 0:
-                _monitor_main(engine.root, engine.driver, c.id, wr, attached)
+                _monitor_main(engine.root, c, wr, attached)
             os._exit(0)
         except BaseException:
             os._exit(1)
@@ -72,18 +75,15 @@ def read_status(fd: int) -> tuple[str, int, str]:
 
 
 # ---- the monitor -------------------------------------------------------------------------
-def _monitor_main(root: Path, driver: str, cid: str, status_fd: int, attached: bool) -> None:
+def _monitor_main(root: Path, c: Container, status_fd: int, attached: bool) -> None:
     code = 0
     try:
         _detach_fds(keep=status_fd)
-        from shale.engine import Engine
-
-        engine = Engine(root, driver=driver)
-        Monitor(engine, cid, status_fd, attached).run()
+        Monitor(root, c, status_fd, attached).run()
     except BaseException:
         code = 1
         with contextlib.suppress(Exception):
-            (root / "containers" / cid / "monitor.err").write_text(traceback.format_exc())
+            (c.dir / "monitor.err").write_text(traceback.format_exc())
     os._exit(code)
 
 
@@ -136,12 +136,9 @@ class _Log:
 
 
 class Monitor:
-    def __init__(self, engine: Engine, cid: str, status_fd: int, attached: bool) -> None:
-        from shale.containers import ContainerStore
-
-        self.engine = engine
-        self.store: ContainerStore = ContainerStore(engine)
-        self.c: Container = self.store.get(cid)
+    def __init__(self, root: Path, c: Container, status_fd: int, attached: bool) -> None:
+        self.root = root
+        self.c = c
         self.status_fd = status_fd
         self.attached = attached
         self.clients: dict[int, tuple[socket.socket, ap.FrameReader, bool]] = {}
@@ -164,7 +161,7 @@ class Monitor:
         if self.attached:
             os.write(self.status_fd, b"L")
             self._wait_first_client(timeout=30.0)
-        st = self.store.state(self.c)
+        st = read_state(self.c)
         st.MonitorPid = os.getpid()
         restarts = 0
         while True:
@@ -177,7 +174,7 @@ class Monitor:
             restarts += 1
             st.RestartCount = restarts
             st.Status, st.Restarting, st.Running = "restarting", True, False
-            self.store.write_state(self.c, st)
+            write_state(self.c, st)
             time.sleep(min(0.1 * (2 ** (restarts - 1)), 60.0))
             if (self.c.dir / "stop-requested").exists():
                 break
@@ -211,13 +208,13 @@ class Monitor:
         st.Status, st.Running, st.Restarting, st.Pid = "running", True, False, pid
         st.ExitCode, st.Error = 0, ""
         st.StartedAt, st.FinishedAt = format_time(time.time()), "0001-01-01T00:00:00Z"
-        self.store.write_state(self.c, st)
+        write_state(self.c, st)
         self._status(b"S")
         code = self._pump(pid, fds)
         st.Status, st.Running, st.Paused, st.Pid = "exited", False, False, 0
         st.ExitCode, st.FinishedAt = code, format_time(time.time())
         st.OOMKilled = self._oom_killed(rt)
-        self.store.write_state(self.c, st)
+        write_state(self.c, st)
         with contextlib.suppress(Exception):
             rt.delete(self.c.id, force=True)
         return code, None
@@ -226,7 +223,7 @@ class Monitor:
         from shale.runtime import get_runtime
 
         return get_runtime(self.c.host_config.get("Runtime") or "builtin",
-                           self.engine.root / "runtime")
+                           self.root / "runtime")
 
     def _oom_killed(self, rt: Any) -> bool:
         return bool(self.c.dir.joinpath("oom").exists())
@@ -401,7 +398,7 @@ class Monitor:
     def _fail(self, st: State, code: int, err: str) -> None:
         st.Status = "created" if st.StartedAt == "0001-01-01T00:00:00Z" else "exited"
         st.Running, st.ExitCode, st.Error, st.Pid = False, code, err, 0
-        self.store.write_state(self.c, st)
+        write_state(self.c, st)
         self._status(f"E{code} {err}".encode())
         self._broadcast(ap.frame(ap.EXIT, json.dumps({"ExitCode": code,
                                                       "Error": err}).encode()))
@@ -409,21 +406,30 @@ class Monitor:
 
     def _finish(self, st: State) -> None:
         with contextlib.suppress(Exception):
-            self.store.unmount_rootfs(self.c)
-        self.store.write_state(self.c, st)
+            unmount_rootfs(self.c)
+        write_state(self.c, st)
         if not self.exit_sent:
             self._broadcast(ap.frame(ap.EXIT, json.dumps({"ExitCode": st.ExitCode,
                                                           "Error": ""}).encode()))
+        attached = bool(self.clients)
         for fd in list(self.clients):
             self._drop(fd)
         with contextlib.suppress(FileNotFoundError):
             self.c.attach_socket.unlink()
-        if self.c.host_config.get("AutoRemove"):
-            from shale.container_ops import remove_container
-
-            with contextlib.suppress(Exception):
-                remove_container(self.engine, self.c, force=True, volumes=True, locked=True)
         self._status(b"S")
+        if self.c.host_config.get("AutoRemove") and not attached:
+            # an attached CLI removes the container itself (as docker's CLI does); else a
+            # fresh process does it: this forked monitor must not open the database
+            _spawn_remove(self.root, self.c.id)
+
+
+def _spawn_remove(root: Path, cid: str) -> None:
+    import subprocess
+
+    subprocess.Popen([sys.executable, "-c", "import sys; from shale.cli import main; "
+                      "sys.exit(main(sys.argv[1:]))", "--root", str(root), "rm", "-f", "-v",
+                      cid], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def _reap(pid: int) -> int:

@@ -172,6 +172,14 @@ def _start_attached(engine: Engine, c: Container, stdin: bool, sig_proxy: bool) 
                                  sig_proxy=sig_proxy)
     result = client.run()
     sock.close()
+    if c.host_config.get("AutoRemove"):
+        from shale.container_ops import remove_container, wait_stopped
+
+        wait_stopped(engine, c, 30)
+        try:
+            remove_container(engine, c, force=True, volumes=True)
+        except ShaleError:
+            pass
     if result.get("Error"):
         print(f"Error: {result['Error']}", file=sys.stderr)
     return int(result.get("ExitCode", 125))

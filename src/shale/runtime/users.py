@@ -48,18 +48,22 @@ class _Group(NamedTuple):
 
 def read_in_root(rootfs: Path, relpath: str) -> bytes | None:
     """The file at ``relpath`` with symlinks resolved inside ``rootfs``; None if missing.
-    (``fsroot.Root.read_file`` plus what a hostile image needs: no FIFO, a size cap.)"""
+    (``fsroot.Root.read_file`` plus what a hostile image needs: a FIFO or device planted as
+    /etc/passwd is never opened for reading, and the size is capped.)"""
     with Root(rootfs) as root:
         try:
-            # O_NONBLOCK: a FIFO planted as /etc/passwd must not hang the engine.
-            fd = root.open(relpath, os.O_RDONLY | os.O_NONBLOCK)
+            pfd = root.open(relpath, os.O_PATH)
         except OSError as e:
             if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                 return None  # missing, or a link loop: as if the file were not there
             raise
-    with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(pfd).st_mode):
             return None
+        fd = os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(pfd)
+    with open(fd, "rb") as f:
         return f.read(_MAX_SIZE)
 
 
