@@ -131,6 +131,7 @@ class Docker:
 
     def __init__(self) -> None:
         self.images: list[str] = []
+        self.bases: list[str] = []
 
     def __call__(self, *args: str, stdin: bytes | None = None, check: bool = True,
                  timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
@@ -150,9 +151,45 @@ class Docker:
             assert n.split("/")[-1].startswith("shaletest-") or n.startswith("sha256:"), n
             self.images.append(n)
 
+    def track_descendants(self, image_id: str) -> None:
+        """Also remove every image built on ``image_id`` (classic-builder steps, a failed
+        build's last good step) at teardown."""
+        self.bases.append(image_id)
+
+    def _descendants(self) -> list[str]:
+        ids = self("images", "-aq", "--no-trunc", check=False).stdout.decode().split()
+        if not ids or not self.bases:
+            return []
+        res = self("image", "inspect", "-f", "{{.Id}} {{.Parent}}", *ids, check=False)
+        parent = dict(line.split(" ", 1) for line in res.stdout.decode().splitlines()
+                      if " " in line)
+        doomed: list[str] = []
+        for iid in parent:
+            chain, cur = [], parent.get(iid, "")
+            while cur and cur not in self.bases:
+                chain.append(cur)
+                cur = parent.get(cur, "")
+            if cur:
+                doomed.append(iid)
+        # children before parents: deeper chains first
+        return sorted(doomed, key=lambda i: -_depth(parent, i))
+
     def cleanup(self) -> None:
+        for iid in self._descendants():
+            for cid in self("ps", "-aq", "--filter", f"ancestor={iid}",
+                            check=False).stdout.decode().split():
+                self("rm", "-f", cid, check=False)
+            self("rmi", "-f", iid, check=False)
         for name in reversed(self.images):
             self("rmi", "-f", name, check=False)
+
+
+def _depth(parent: dict[str, str], iid: str) -> int:
+    n = 0
+    while parent.get(iid):
+        iid = parent[iid]
+        n += 1
+    return n
 
 
 _docker_ok: bool | None = None

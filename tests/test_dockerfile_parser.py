@@ -27,7 +27,11 @@ from shale.dockerfile import (
 from shale.dockerfile.syntax import _heredocs_from_line, parse_heredoc
 from shale.errors import DockerfileError
 
-_CORPUS = os.environ.get("SHALE_BUILDKIT_CORPUS", "")
+_DEFAULT_CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpora",
+                               "buildkit")
+# the shared corpus sits beside the clone here and in CI; the variable overrides it
+_CORPUS = os.environ.get("SHALE_BUILDKIT_CORPUS") or (
+    _DEFAULT_CORPUS if os.path.isdir(_DEFAULT_CORPUS) else "")
 _SKIP = "SHALE_BUILDKIT_CORPUS is not set (point it at BuildKit's parser/lexer test data)"
 _PARSER_DIR = Path(_CORPUS, "frontend", "dockerfile", "parser")
 

@@ -21,7 +21,11 @@ from shale.dockerfile.shell import (
     process_word_with_matches,
 )
 
-_CORPUS = os.environ.get("SHALE_BUILDKIT_CORPUS", "")
+_DEFAULT_CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpora",
+                               "buildkit")
+# the shared corpus sits beside the clone here and in CI; the variable overrides it
+_CORPUS = os.environ.get("SHALE_BUILDKIT_CORPUS") or (
+    _DEFAULT_CORPUS if os.path.isdir(_DEFAULT_CORPUS) else "")
 _SKIP = "SHALE_BUILDKIT_CORPUS is not set (point it at BuildKit's parser/lexer test data)"
 _SHELL_DIR = Path(_CORPUS, "frontend", "dockerfile", "shell")
 _ENV_VAR_TEST_ENV = ["PWD=/home", "SHELL=bash", "KOREAN=한국어", "NULL="]

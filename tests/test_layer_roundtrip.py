@@ -29,7 +29,7 @@ OWNERS = st.sampled_from([(0, 0), (1000, 1000), (65534, 3), (3_000_000, 5)])
 MTIMES = st.integers(-10**9, 2**33).map(lambda s: s * 10**9) | st.integers(0, 2**62)
 TARGETS = st.sampled_from(["/etc/passwd", "../x", "a", "b/c", "L" * 120, "caf\u00e9"])
 XATTRS = st.sampled_from([None, b"", b"v", b"\xff\x00\x80bin"])
-DATA = st.binary(max_size=600) | st.sampled_from([b"z" * 70_000])
+DATA = st.binary(max_size=600) | st.sampled_from([70_000, (1 << 20) + 3])  # int: that many bytes
 ENTRY = st.tuples(PATHS, KINDS, DATA, MODES, OWNERS, MTIMES, XATTRS, TARGETS)
 TREES = st.lists(ENTRY, max_size=25)
 MUTATIONS = st.lists(st.tuples(st.sampled_from([
@@ -105,7 +105,7 @@ def build(root: Path, entries: list[tuple]) -> None:  # type: ignore[type-arg]
         if p is None or os.path.lexists(p):
             continue
         if kind == "file":
-            p.write_bytes(data)
+            p.write_bytes(data if isinstance(data, bytes) else b"z" * data)
         elif kind == "dir":
             p.mkdir()
             dirs.append((p, mtime))
@@ -154,10 +154,9 @@ def mutate(root: Path, muts: list[tuple[str, tuple[str, ...], int]]) -> None:
                 os.chmod(p, 0o700 if n % 2 else 0o640)
             else:
                 os.chown(p, 4242, n % 7)
-        elif op == "xattr" and st_ is not None and (is_dir or stat.S_ISREG(st_.st_mode)):
+        elif op == "xattr" and st_ is not None and stat.S_ISREG(st_.st_mode):
             os.setxattr(p, "user.t", str(n).encode())
-            if not is_dir:
-                os.utime(p, ns=(when, when))  # moby does not compare user.* xattrs
+            os.utime(p, ns=(when, when))  # moby's rules do not compare user.* xattrs
         elif op.startswith("add_") or op == "hardlink_new":
             q = None if exists else ensure_parents(root, comps)
             if q is None:

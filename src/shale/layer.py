@@ -550,16 +550,26 @@ class _Applier:
 
     def _dir(self, ti: tarfile.TarInfo, name: str) -> None:
         pfd, head, base = self._parent(name)
+        merged = False
         try:
             os.mkdir(base, 0o700, dir_fd=pfd)
         except FileExistsError:
             # Dir over dir merges (only metadata is replaced); anything else is replaced.
-            if not stat.S_ISDIR(os.stat(base, dir_fd=pfd, follow_symlinks=False).st_mode):
+            merged = stat.S_ISDIR(os.stat(base, dir_fd=pfd, follow_symlinks=False).st_mode)
+            if not merged:
                 self._remove(pfd, head, base)
                 os.mkdir(base, 0o700, dir_fd=pfd)
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(base, flags, dir_fd=pfd)
         try:
+            if merged:
+                # The entry's xattrs replace the kind a layer carries (tarwriter's rule);
+                # moby only adds, so a dir recreated in a container would keep stale ones.
+                keep = {k for k, _ in _tar_xattrs(ti)}
+                for k in os.listxattr(fd):
+                    if k not in keep and (k == "security.capability" or (
+                            k.startswith("user.") and not k.startswith("user.overlay."))):
+                        os.removexattr(fd, k)
             _meta_fd(fd, ti)
         except BaseException:
             os.close(fd)
