@@ -165,9 +165,8 @@ class Docker:
                       if " " in line)
         doomed: list[str] = []
         for iid in parent:
-            chain, cur = [], parent.get(iid, "")
+            cur = parent.get(iid, "")
             while cur and cur not in self.bases:
-                chain.append(cur)
                 cur = parent.get(cur, "")
             if cur:
                 doomed.append(iid)

@@ -119,8 +119,10 @@ SIZE_C = 7777
 @pytest.fixture
 def abc(cli: Cli) -> None:
     out = load(cli, [A, B, C])
+    # docker 20.10: the last image has no tag, so every image's ID is listed too
     assert out == ("Loaded image: shaletest-app:1\nLoaded image: shaletest-app:latest\n"
-                   f"Loaded image: shaletest-web:2\nLoaded image ID: {C.id}\n")
+                   f"Loaded image: shaletest-web:2\nLoaded image ID: {A.id}\n"
+                   f"Loaded image ID: {B.id}\nLoaded image ID: {C.id}\n")
 
 
 def images_rows(*rows: tuple[str, str, ArchImage, int]) -> list[list[str]]:
@@ -479,6 +481,29 @@ def test_rmi_matches_docker(cli: Cli, docker: Docker) -> None:
         return (0 if code == 0 else 1, out, err)
 
     assert _rmi_scenario(run_shale, a.id) == _rmi_scenario(run_docker, a.id)
+
+
+def test_parent_chain_matches_docker(cli: Cli, docker: Docker) -> None:
+    """A docker save of a build step and its parent (manifest.json "Parent"): images -a,
+    history IDs and the pruning rmi agree with docker's."""
+    lp, lk = simple_layer({"p": os.urandom(1000)}), simple_layer({"k": os.urandom(1000)})
+    hp = [{"created": "2022-01-01T00:00:00Z", "created_by": "/bin/sh -c #(nop) ADD p /"}]
+    p = arch_image([lp], [], history=hp, created="2022-01-01T00:00:00Z")
+    k = arch_image([lp, lk], ["shaletest-kid:1"], created="2022-01-02T00:00:00Z", history=[
+        *hp, {"created": "2022-01-02T00:00:00Z", "created_by": "/bin/sh -c echo k > /k"}])
+    k.parent = p.id
+    archive = docker_2010_archive([p, k])
+    docker.track(k.id, p.id, "shaletest-kid:1")
+    assert docker.out("load", stdin=archive) == cli.ok("load", stdin=archive)
+    ref = "reference=shaletest-kid"
+    for args in (["images", "-a", "--no-trunc", "--filter", ref], ["history", "shaletest-kid:1"],
+                 ["image", "inspect", "-f", "{{.Parent}}", "shaletest-kid:1"]):
+        if args[1] == "inspect":
+            pytest.importorskip("shale.cli.format")
+        assert cli.ok(*args) == docker.out(*args), args
+    assert _norm_docker(docker("rmi", p.id, check=False).stderr.decode()) == \
+        cli("rmi", p.id).err
+    assert cli.ok("rmi", "shaletest-kid:1") == docker.out("rmi", "shaletest-kid:1")
 
 
 def test_images_history_inspect_match_docker(cli: Cli, docker: Docker) -> None:

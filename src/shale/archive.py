@@ -518,6 +518,10 @@ def load(images: ImageStore, content: ContentStore, src: BinaryIO,
             moved = images.publish(f.config, f.layers, tags=f.tags,
                                    parent=parents.get(f.config.id.value, ""))
             _report(result, f, moved)
+        # docker 20.10's quirk, kept for scripts that parse it: the "Loaded image ID" lines
+        # (one per image, tagged or not) appear only when the archive's last image has no tag
+        if found and not found[-1].tags:
+            result.lines.extend(f"Loaded image ID: {f.config.id}" for f in found)
         return result
     finally:
         _discard_all(members)
@@ -556,10 +560,7 @@ def _report(result: LoadResult, f: _Found, moved: list[tuple[str, str | None]]) 
             result.lines.append(f"The image {ref.familiar} already exists, renaming the "
                                 f"old one with ID {prev} to empty string")
     result.images.append(f.config.id)
-    if f.tags:
-        result.lines.extend(f"Loaded image: {t.familiar}" for t in f.tags)
-    else:
-        result.lines.append(f"Loaded image ID: {f.config.id}")
+    result.lines.extend(f"Loaded image: {t.familiar}" for t in f.tags)
 
 
 def known(images: ImageStore, name: str) -> Image:
