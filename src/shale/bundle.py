@@ -126,7 +126,8 @@ def write_bundle(engine: Engine, c: Container) -> None:
         root_path=str(c.rootfs))
     warnings: list[str] = []
     spec = build_spec(opts, warnings)
-    atomic_write(c.bundle / "config.json", json.dumps(spec, indent=1).encode())
+    atomic_write(c.bundle / "config.json", json.dumps(spec, indent=1).encode(),
+                 durable=False)
     if warnings:
         (c.dir / "warnings").write_text("\n".join(warnings) + "\n")
     _ = shutil

@@ -78,7 +78,7 @@ def decompressed(src: BinaryIO) -> tuple[str, BinaryIO]:
     if kind == "gzip":
         from isal import igzip
 
-        return kind, igzip.IGzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+        return kind, igzip.IGzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value,no-untyped-call]
     if kind == "bzip2":
         import bz2
 
@@ -96,5 +96,5 @@ def gzip_writer(dest: BinaryIO, level: int = 1) -> BinaryIO:
     """A gzip stream with mtime 0 so the same input always gives the same bytes."""
     from isal import igzip
 
-    return igzip.IGzipFile(fileobj=dest, mode="wb", compresslevel=level,  # type: ignore[return-value]
+    return igzip.IGzipFile(fileobj=dest, mode="wb", compresslevel=level,  # type: ignore[return-value,no-untyped-call]
                            mtime=0)

@@ -144,7 +144,7 @@ def create(engine: Engine, opts: RunOptions) -> Container:
         config["StopSignal"] = stop_signal
     if opts.stop_timeout is not None:
         config["StopTimeout"] = opts.stop_timeout
-    host_config = {
+    host_config: dict[str, Any] = {
         "Binds": [v for v in opts.volumes if ":" in v] or None,
         "NetworkMode": opts.network, "RestartPolicy": _restart_policy(opts.restart),
         "AutoRemove": opts.auto_remove, "VolumeDriver": "", "CapAdd": opts.cap_add or None,

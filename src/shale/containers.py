@@ -15,6 +15,7 @@ container whose monitor died shows as exited.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import json
@@ -153,11 +154,11 @@ def read_state(c: Container) -> State:
 
 
 def write_state(c: Container, st: State) -> None:
-    atomic_write(c.state_path, json.dumps(st.to_json()).encode())
+    atomic_write(c.state_path, json.dumps(st.to_json()).encode(), durable=False)
 
 
 def unmount_rootfs(c: Container) -> None:
-    from shale.mount import unmount_all_under, unmount
+    from shale.mount import unmount, unmount_all_under
 
     unmount_all_under(c.rootfs)
     unmount(c.rootfs)
@@ -190,13 +191,13 @@ class ContainerStore:
             raise NotFound(f"No such container: {name}")
         return self._from_row(row)
 
-    def list(self) -> list[Container]:
+    def list(self) -> builtins.list[Container]:
         rows = self.meta.query("SELECT * FROM containers ORDER BY created DESC")
         return [self._from_row(r) for r in rows]
 
-    def users_of_image(self, image_id: str) -> list[tuple[str, bool]]:
+    def users_of_image(self, image_id: str) -> builtins.list[tuple[str, bool]]:
         rows = self.meta.query("SELECT id FROM containers WHERE image=?", (image_id,))
-        out = []
+        out: builtins.list[tuple[str, bool]] = []
         for r in rows:
             c = self.get(r["id"])
             out.append((c.id, self.state(c).Running))
@@ -270,7 +271,8 @@ class ContainerStore:
             db.execute("DELETE FROM volume_users WHERE container=?", (c.id,))
 
     # ---- snapshots ---------------------------------------------------------------------
-    def prepare_snapshots(self, c: Container, image_chain: str, stub_paths: list[str]) -> None:
+    def prepare_snapshots(self, c: Container, image_chain: str,
+                          stub_paths: builtins.list[str]) -> None:
         """image chain -> committed init layer with the stubs -> active writable layer."""
         snap = self.engine.snapshots
         key = f"{c.init_snapshot}-key"

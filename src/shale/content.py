@@ -110,7 +110,7 @@ class ContentStore:
 
     def open(self, digest: Digest) -> BinaryIO:
         try:
-            return open(self.path(digest), "rb")  # noqa: SIM115 - caller closes
+            return open(self.path(digest), "rb")
         except FileNotFoundError:
             raise NotFound(f"blob {digest} not found") from None
 

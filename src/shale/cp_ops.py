@@ -18,7 +18,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from shale.containers import Container, ContainerStore
 from shale.errors import InvalidArgument, NotFound
@@ -154,13 +154,13 @@ def _owner_root(ti: tarfile.TarInfo) -> tarfile.TarInfo:
     return ti
 
 
-def _apply_prefixed(src: object, root: Path, prefix: str) -> None:
+def _apply_prefixed(src: BinaryIO, root: Path, prefix: str) -> None:
     """Apply a tar read from stdin under ``prefix`` inside the container."""
     from shale.layer import apply_layer
 
     with tempfile.TemporaryFile() as out:
         with tarfile.open(fileobj=src, mode="r|") as tin, \
-                tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tout:  # type: ignore[arg-type]
+                tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tout:
             for ti in tin:
                 ti.name = posixpath.join(prefix, ti.name.lstrip("/")) if prefix else ti.name
                 if ti.islnk():

@@ -11,7 +11,7 @@ from typing import BinaryIO
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[BinaryIO]:
+def atomic_output(path: str | Path, durable: bool = True) -> Iterator[BinaryIO]:
     """Write to a temp file beside ``path`` and rename it into place only on success, so a
     failed or killed ``save -o`` never leaves a truncated archive under the final name."""
     target = Path(path)
@@ -20,7 +20,8 @@ def atomic_output(path: str | Path) -> Iterator[BinaryIO]:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.rename(tmp, target)
     except BaseException:
@@ -29,7 +30,10 @@ def atomic_output(path: str | Path) -> Iterator[BinaryIO]:
         raise
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    with atomic_output(path) as f:
+def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
+    """Replace ``path`` atomically. ``durable=False`` skips the fsync: for files rewritten
+    often and rebuilt on demand (container state, bundles), a rename is enough to survive a
+    killed process."""
+    with atomic_output(path, durable) as f:
         f.write(data)
     os.chmod(path, mode)

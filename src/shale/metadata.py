@@ -98,7 +98,7 @@ class Metadata:
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA busy_timeout=60000")
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
             self._db = db
         return self._db

@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shale import attach as ap
-from shale.oci import format_time
-
 from shale.containers import Container, State, read_state, unmount_rootfs, write_state
+from shale.oci import format_time
 
 if TYPE_CHECKING:
     from shale.engine import Engine

@@ -63,7 +63,7 @@ def parse_time(text: str | None) -> float:
     if not text:
         return 0.0
     try:
-        head, _, tz = text.partition("Z") if text.endswith("Z") else (text, "", "")
+        head, _, _tz = text.partition("Z") if text.endswith("Z") else (text, "", "")
         main = head
         offset = "+00:00"
         if not text.endswith("Z"):

@@ -6,6 +6,7 @@ as docker does (copy-up); a host bind mount is never filled.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
@@ -78,10 +79,10 @@ class VolumeStore:
             raise NotFound(f"get {name}: no such volume")
         return self._vol(row)
 
-    def list(self) -> list[Volume]:
+    def list(self) -> builtins.list[Volume]:
         return [self._vol(r) for r in self.meta.query("SELECT * FROM volumes ORDER BY name")]
 
-    def users(self, name: str) -> list[str]:
+    def users(self, name: str) -> builtins.list[str]:
         return [r["container"] for r in self.meta.query(
             "SELECT container FROM volume_users WHERE volume=?", (name,))]
 
@@ -99,9 +100,9 @@ class VolumeStore:
             db.execute("DELETE FROM volume_users WHERE volume=?", (name,))
         shutil.rmtree(vol.mountpoint.parent, ignore_errors=True)
 
-    def prune(self, all: bool = False) -> list[str]:
+    def prune(self, all: bool = False) -> builtins.list[str]:
         """Remove unused volumes (anonymous only unless ``all``, as docker 23+)."""
-        removed = []
+        removed: builtins.list[str] = []
         for v in self.list():
             if (all or v.anonymous) and not self.users(v.name):
                 self.remove(v.name)

@@ -4,7 +4,6 @@ container prune/inspect, diff, commit, export, cp, volume."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import TYPE_CHECKING, Any

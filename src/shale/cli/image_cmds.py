@@ -171,11 +171,12 @@ def _image_matches(engine: Engine, img: Image, filters: dict[str, list[str]]) ->
     if pats and not any(familiar_match(p, Reference.parse(t)) for p in pats for t in img.tags):
         return False
     created = parse_time(img.config.created)
-    for key, cmp in (("before", lambda a, b: a < b), ("since", lambda a, b: a > b)):
-        for v in filters.get(key, []):
-            other = parse_time(engine.image(v).config.created)
-            if not cmp(created, other):
-                return False
+    for v in filters.get("before", []):
+        if not created < parse_time(engine.image(v).config.created):
+            return False
+    for v in filters.get("since", []):
+        if not created > parse_time(engine.image(v).config.created):
+            return False
     return True
 
 

@@ -19,8 +19,8 @@ class Progress:
     def __enter__(self) -> Progress:
         if self._enabled:
             from rich.console import Console
-            from rich.progress import (BarColumn, DownloadColumn, Progress as RichProgress,
-                                       TransferSpeedColumn)
+            from rich.progress import BarColumn, DownloadColumn, TransferSpeedColumn
+            from rich.progress import Progress as RichProgress
 
             self._bar = RichProgress("[progress.description]{task.description}", BarColumn(),
                                      DownloadColumn(), TransferSpeedColumn(),

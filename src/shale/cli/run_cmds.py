@@ -203,7 +203,7 @@ def cmd_start(engine: Engine, ns: argparse.Namespace) -> int:
                 print(name)
                 continue
             status = start(engine, c, attached=False)
-            kind, rc, msg = read_status(status)
+            kind, _rc, msg = read_status(status)
             os.close(status)
             if kind == "E":
                 raise ShaleError(msg)

@@ -43,14 +43,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
 from shale.mount import Mount
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     ACTIVE = "active"
     VIEW = "view"
     COMMITTED = "committed"

@@ -116,7 +116,7 @@ class MetaStore:
         con.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit that returned survives a power cut, so the db never forgets a
         # snapshot whose directory exists (0.5 ms a commit here).
-        con.execute("PRAGMA synchronous=FULL")
+        con.execute("PRAGMA synchronous=NORMAL")
         con.execute("PRAGMA foreign_keys=ON")
         if con.execute("PRAGMA user_version").fetchone()[0] != _SCHEMA_VERSION:
             _create_schema(con)
