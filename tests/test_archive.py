@@ -369,8 +369,11 @@ def test_hostile_layer_is_refused(cli: Cli, root: Path, seeded: ArchImage, case:
                                   big: bool, fmt: str) -> None:
     entries, message = HOSTILE_LAYERS[case]
     bad = _layer_with(entries, big)
-    img = arch_image([LA, bad], ["shaletest-evil:1"], history=[{"created_by": "a"},
-                                                               {"created_by": "b"}])
+    # a new good layer first (a loader that publishes as it goes would leave it behind),
+    # then one the store already has, then the hostile one
+    fresh = simple_layer({"fresh": b"f" * (100_000 if big else 10)})
+    img = arch_image([fresh, LA, bad], ["shaletest-evil:1"], history=[
+        {"created_by": "a"}, {"created_by": "b"}, {"created_by": "c"}])
     data = docker_2010_archive([img]) if fmt == "docker-20.10" else oci_archive(
         img, "localhost/shaletest-evil:1")[0]
     before = _state(cli, root)

@@ -199,9 +199,6 @@ def test_import_without_name_is_dangling(cli: Cli, busybox_tar: Path) -> None:
 
 
 def test_import_with_change_sets_config(cli: Cli, engine: Engine, busybox_tar: Path) -> None:
-    parser = pytest.importorskip("shale.dockerfile.parser")
-    if not hasattr(parser, "apply_config_change"):
-        pytest.skip("shale.dockerfile.parser has no apply_config_change yet (import -c)")
     image_id = cli.ok("import", "-c", 'CMD ["/bin/sh"]', "-c", "ENV A=1 B=2",
                       "-c", "WORKDIR /w", str(busybox_tar), "shaletest-bb:c").strip()
     cfg = engine.image(image_id).config.config
