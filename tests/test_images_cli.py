@@ -205,6 +205,28 @@ def test_import_with_change_sets_config(cli: Cli, engine: Engine, busybox_tar: P
     assert (cfg["Cmd"], cfg["Env"], cfg["WorkingDir"]) == (["/bin/sh"], ["A=1", "B=2"], "/w")
 
 
+def test_import_matches_docker(cli: Cli, docker: Docker, busybox_tar: Path) -> None:
+    changes = ['CMD ["/bin/sh"]', "ENV A=1 B=2", "WORKDIR /w", "EXPOSE 80", "LABEL x=y",
+               "USER nobody", 'ENTRYPOINT ["/bin/env"]']
+    args = [a for c in changes for a in ("-c", c)] + ["-m", "a message", str(busybox_tar)]
+    docker.track("shaletest-imp:1")
+    docker("import", *args, "shaletest-imp:1")
+    cli.ok("import", *args, "shaletest-imp:1")
+    ours = json.loads(cli.ok("inspect", "shaletest-imp:1"))[0]
+    theirs = json.loads(docker.out("inspect", "shaletest-imp:1"))[0]
+    # what differs by nature: the ID (it hashes the creation time), times, docker's own
+    # version and storage paths
+    for x in (ours, theirs):
+        for key in ("Id", "Created", "DockerVersion", "GraphDriver", "Metadata"):
+            del x[key]
+    assert ours == theirs
+    assert list(ours) == list(theirs)
+    row = [re.split(r"\s{3,}", x)[2:] for x in (
+        cli.ok("history", "shaletest-imp:1").splitlines()[1],
+        docker.out("history", "shaletest-imp:1").splitlines()[1])]
+    assert row[0] == row[1] == [human3(theirs["Size"]), "a message"]
+
+
 def test_import_missing_file(cli: Cli, tmp_path: Path) -> None:
     res = cli("import", str(tmp_path / "nope.tar"), "shaletest-x:1")
     assert res == (125, "", f"Error: open {tmp_path}/nope.tar: No such file or directory\n")

@@ -38,11 +38,26 @@ VERB_MODULES: dict[str, str] = {
 }
 
 
+class UsageError(InvalidArgument):
+    """A bad flag or argument count: exit 125 for every verb, as docker's CLI."""
+
+
+# verbs whose engine errors exit 125 (docker run/create); other verbs exit 1 on failure,
+# as docker's CLI does for any error the daemon returns
+_ENGINE_125 = {"run", "create"}
+
+
+def exit_code_for(verb: str | None, e: ShaleError) -> int:
+    if e.exit_code == 125 and verb not in _ENGINE_125 and not isinstance(e, UsageError):
+        return 1
+    return e.exit_code
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so bad flags give exit 125 as docker."""
 
     def error(self, message: str) -> NoReturn:
-        raise InvalidArgument(f"{message}\nSee '{self.prog} --help'.")
+        raise UsageError(f"{message}\nSee '{self.prog} --help'.")
 
 
 def build_parser(verb: str | None) -> argparse.ArgumentParser:
@@ -81,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args_list or "-D" in args_list
     engine: Engine | None = None
+    verb: str | None = None
     try:
         verb = _find_verb(args_list)
         parser = build_parser(verb if verb in VERB_MODULES else None)
@@ -88,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 0
         if verb not in VERB_MODULES:
-            raise InvalidArgument(f"unknown command: shale {verb}\nSee 'shale --help'")
+            raise UsageError(f"unknown command: shale {verb}\nSee 'shale --help'")
         ns = parser.parse_args(args_list)
         handler: Handler | None = getattr(ns, "handler", None)
         if handler is None:
@@ -105,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             traceback.print_exc()
         print(f"Error: {e}", file=sys.stderr)
-        return e.exit_code
+        return exit_code_for(verb, e)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -119,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"Error: {type(e).__name__}: {e}" if not isinstance(e, OSError)
               else f"Error: {e}", file=sys.stderr)
-        return 125
+        return 125 if verb in _ENGINE_125 else 1
     finally:
         if engine is not None:
             engine.close()
