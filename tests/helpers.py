@@ -321,9 +321,10 @@ def oci_archive(img: ArchImage, ref_name: str) -> tuple[bytes, str]:
     return t.bytes(), sha256(mbytes)
 
 
-def read_archive(data: bytes) -> dict[str, bytes | str]:
-    """Archive members: name -> bytes for files, "->target" for links, "<dir>" for dirs."""
-    out: dict[str, bytes | str] = {}
+def read_archive(data: bytes) -> dict[str, bytes]:
+    """Archive members: name -> bytes for files, b"->target" for links, b"<dir>" for
+    directories."""
+    out: dict[str, bytes] = {}
     with tarfile.open(fileobj=io.BytesIO(data)) as tf:
         for ti in tf:
             if ti.isfile():
@@ -331,9 +332,9 @@ def read_archive(data: bytes) -> dict[str, bytes | str]:
                 assert f is not None
                 out[ti.name] = f.read()
             elif ti.issym() or ti.islnk():
-                out[ti.name] = "->" + ti.linkname
+                out[ti.name] = b"->" + ti.linkname.encode()
             elif ti.isdir():
-                out[ti.name] = "<dir>"
+                out[ti.name] = b"<dir>"
     return out
 
 

@@ -1,7 +1,7 @@
 """save and load: round trips that keep IDs and layer bytes, the dual docker-archive + OCI
 layout that save writes, every archive layout load reads, and hostile or corrupt archives,
-each of which must fail with exit 125 and one line on stderr while leaving the store exactly
-as it was."""
+each of which must fail with exit 1 (docker's CLI code for a failed verb) and one line on
+stderr while leaving the store exactly as it was."""
 
 from __future__ import annotations
 
@@ -158,7 +158,7 @@ def test_invalid_parent_is_refused(cli: Cli, root: Path) -> None:
                                                            {"created_by": "y"}])
     k.parent = p.id
     res = cli("load", stdin=docker_2010_archive([p, k]))
-    assert res == (125, "", f"Error: image {p.id} is not a valid parent for {k.id}\n")
+    assert res == (1, "", f"Error: image {p.id} is not a valid parent for {k.id}\n")
     assert blob_listing(root) == {}
 
 
@@ -183,7 +183,7 @@ def test_save_is_docker_archive_and_oci_layout(cli: Cli, bb_layer: bytes) -> Non
     assert sorted(n for n in names if n.startswith("blobs/sha256/")) == blobs
     # every blob is named by its sha256
     for name in blobs:
-        assert sha256(members[name]) == "sha256:" + name.rsplit("/", 1)[1]  # type: ignore[arg-type]
+        assert sha256(members[name]) == "sha256:" + name.rsplit("/", 1)[1]
     assert members["oci-layout"] == b'{"imageLayoutVersion": "1.0.0"}'
     assert members[f"blobs/sha256/{img.id[7:]}"] == img.config
     assert members[f"blobs/sha256/{mdigest[7:]}"] == manifest_bytes
@@ -241,7 +241,7 @@ def test_save_shares_blobs_between_images(cli: Cli) -> None:
 def test_save_errors_leave_no_file(cli: Cli, tmp_path: Path) -> None:
     out = tmp_path / "x.tar"
     assert cli("save", "-o", str(out), "shaletest-nope:1") == (
-        125, "", "Error: No such image: shaletest-nope:1\n")
+        1, "", "Error: No such image: shaletest-nope:1\n")
     assert os.listdir(tmp_path) == ["root"]
 
 
@@ -292,6 +292,24 @@ def test_load_layouts(cli: Cli, engine: Engine, tmp_path: Path, bb_layer: bytes,
         rec = engine.images.layer(engine.image(img.id).config.diff_ids[img.diff_ids.index(d)])
         assert (rec.blob.value, rec.media_type) == (d, "application/vnd.oci.image.layer.v1.tar")
     assert ingest_listing(engine.root) == []
+
+
+def test_concurrent_loads_of_one_archive_all_succeed(root: Path, tmp_path: Path,
+                                                    bb_layer: bytes) -> None:
+    """Four processes load the same archive at once: every one succeeds (blob commits
+    dedupe, records are idempotent) and the store ends up with one sound image."""
+    img = _image(bb_layer)
+    path = tmp_path / "a.tar"
+    path.write_bytes(docker_2010_archive([img]))
+    Cli(root).ok("images")
+    procs = [subprocess.Popen([*SHALE_ARGV, "--root", str(root), "load", "-i", str(path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(4)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert (p.returncode, out, err) == (0, b"Loaded image: shaletest/arch:1\n", b"")
+    assert sorted(blob_listing(root)) == sorted(x[7:] for x in [img.id, *img.diff_ids])
+    assert ingest_listing(root) == []
 
 
 def test_oci_archive_with_bare_tag_name_loads_untagged(cli: Cli) -> None:
@@ -378,7 +396,7 @@ def test_hostile_layer_is_refused(cli: Cli, root: Path, seeded: ArchImage, case:
         img, "localhost/shaletest-evil:1")[0]
     before = _state(cli, root)
     res = cli("load", stdin=data)
-    assert (res.code, res.out) == (125, "")
+    assert (res.code, res.out) == (1, "")
     assert res.err.startswith("Error: ") and res.err.endswith("\n") and res.err.count("\n") == 1
     assert message in res.err
     assert _state(cli, root) == before
@@ -471,7 +489,7 @@ def test_corrupt_archive_is_refused(cli: Cli, root: Path, seeded: ArchImage, bb_
     data, expected_err = CORRUPT[case](bb_layer)
     before = _state(cli, root)
     res = cli("load", stdin=data)
-    assert (res.code, res.out) == (125, "")
+    assert (res.code, res.out) == (1, "")
     if expected_err:
         assert res.err == expected_err
     else:

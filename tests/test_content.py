@@ -72,7 +72,7 @@ def test_digest_mismatch_leaves_nothing(tmp_path: Path) -> None:
     assert not store.exists(_digest(b"the real bytes"))
 
 
-def test_size_mismatch_leaves_nothing(tmp_path: Path, ) -> None:
+def test_size_mismatch_leaves_nothing(tmp_path: Path) -> None:
     import io
 
     store = ContentStore(tmp_path)

@@ -17,7 +17,7 @@ import re
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,8 +39,6 @@ from shale.cli.table import human_duration_ago
 from shale.digest import chain_ids
 from shale.engine import Engine
 from shale.oci import parse_time
-
-HEADER = "REPOSITORY   TAG   IMAGE ID   CREATED   SIZE"
 
 
 # -------------------------------------------------------------------------------- helpers
@@ -74,7 +72,7 @@ def human3(n: float) -> str:
 
 
 def ago(created: str) -> str:
-    return human_duration_ago(parse_time(created))
+    return str(human_duration_ago(parse_time(created)))
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
@@ -229,7 +227,7 @@ def test_import_matches_docker(cli: Cli, docker: Docker, busybox_tar: Path) -> N
 
 def test_import_missing_file(cli: Cli, tmp_path: Path) -> None:
     res = cli("import", str(tmp_path / "nope.tar"), "shaletest-x:1")
-    assert res == (125, "", f"Error: open {tmp_path}/nope.tar: No such file or directory\n")
+    assert res == (1, "", f"Error: open {tmp_path}/nope.tar: No such file or directory\n")
     assert cli.ok("images", "-qa") == ""
 
 
@@ -243,7 +241,7 @@ def test_import_missing_file(cli: Cli, tmp_path: Path) -> None:
 def test_import_hostile_tar_is_refused(cli: Cli, root: Path, entries: list[Entry],
                                        what: str) -> None:
     res = cli("import", "-", "shaletest-evil:1", stdin=tar_bytes(entries))
-    assert res.code == 125
+    assert res.code == 1
     assert res.out == ""
     assert res.err.startswith("Error: ") and res.err.count("\n") == 1
     assert what in res.err
@@ -305,8 +303,12 @@ def test_images_format_json(cli: Cli, abc: None) -> None:
 def test_images_filter_dangling(cli: Cli, abc: None) -> None:
     assert cli.ok("images", "-q", "--filter", "dangling=true") == short(C.id) + "\n"
     assert cli.ok("images", "-q", "-f", "dangling=false") == f"{short(B.id)}\n{short(A.id)}\n"
-    res = cli("images", "--filter", "bogus=1")
-    assert res == (125, "", "Error: invalid filter 'bogus=1'\n")
+    # docker's checks and messages
+    assert cli("images", "--filter", "bogus=1") == (1, "", "Error: Invalid filter 'bogus'\n")
+    assert cli("images", "-f", "dangling=1") == (1, "", "Error: Invalid filter 'dangling=[1]'\n")
+    assert cli("images", "-f", "dangling") == (
+        125, "", 'Error: invalid argument "dangling" for "-f, --filter" flag: bad format of '
+                 "filter (expected name=value)\n")
 
 
 def _parent_chain() -> tuple[ArchImage, ArchImage]:
@@ -327,8 +329,10 @@ def test_images_all_shows_intermediate(cli: Cli, engine: Engine) -> None:
     assert engine.image(k.id).parent == p.id
     assert cli.ok("images", "-q") == short(k.id) + "\n"
     assert cli.ok("images", "-qa") == f"{short(k.id)}\n{short(p.id)}\n"
-    # an image with a child is not dangling
+    # an untagged parent is not dangling, with or without -a
     assert cli.ok("images", "-q", "--filter", "dangling=true") == ""
+    assert cli.ok("images", "-qa", "--filter", "dangling=true") == ""
+    assert cli.ok("images", "-qa", "--filter", "dangling=false") == f"{short(k.id)}\n"
     out = cli.ok("history", "shaletest-kid:1")
     assert [ln.split()[0] for ln in out.splitlines()[1:]] == [short(k.id), short(p.id)]
 
@@ -348,12 +352,12 @@ def test_tag_and_retag(cli: Cli, engine: Engine, abc: None) -> None:
 
 def test_tag_errors(cli: Cli, abc: None) -> None:
     assert cli("tag", "shaletest-nope:1", "shaletest-x:1") == (
-        125, "", "Error: No such image: shaletest-nope:1\n")
+        1, "", "Error: No such image: shaletest-nope:1\n")
     assert cli("tag", "shaletest-nope:1", "Shaletest-X:1") == (
-        125, "", "Error: invalid reference format: repository name (library/Shaletest-X) "
+        1, "", "Error: invalid reference format: repository name (library/Shaletest-X) "
                  "must be lowercase\n")
     assert cli("tag", "shaletest-app:1", f"shaletest-x@sha256:{'0' * 64}") == (
-        125, "", "Error: refusing to create a tag with a digest reference\n")
+        1, "", "Error: refusing to create a tag with a digest reference\n")
 
 
 def _tag_worker(root: str, first: int) -> subprocess.Popen[bytes]:
@@ -438,6 +442,18 @@ def test_rmi_errors_and_exit_codes(cli: Cli, abc: None) -> None:
         1, "Untagged: shaletest-app:latest\n", "Error: No such image: shaletest-nope:latest\n")
 
 
+def test_rmi_refuses_image_used_by_a_container(cli: Cli, busybox_tar: Path) -> None:
+    image_id = cli.ok("import", str(busybox_tar), "shaletest-used:1").strip()
+    cid = cli.ok("create", "--name", "shaletest-user", "shaletest-used:1", "/bin/true").strip()
+    assert cli("rmi", "shaletest-used:1") == (
+        1, "", 'Error: conflict: unable to remove repository reference "shaletest-used:1" '
+               f"(must force) - container {cid[:12]} is using its referenced image "
+               f"{image_id[7:19]}\n")
+    assert cli("rmi", image_id) == (
+        1, "", f"Error: conflict: unable to delete {image_id[7:19]} (must be forced) - image "
+               f"is being used by stopped container {cid[:12]}\n")
+
+
 def test_rmi_prunes_untagged_parents(cli: Cli, root: Path) -> None:
     p, k = _parent_chain()
     cli.ok("load", stdin=docker_2010_archive([p, k]))
@@ -464,14 +480,15 @@ def _norm_docker(text: str) -> str:
     return text.replace("Error response from daemon: ", "Error: ")
 
 
-def _rmi_scenario(run: object, a_id: str) -> list[tuple[int, str, str]]:
+def _rmi_scenario(run: Callable[..., tuple[int, str, str]], a_id: str
+                  ) -> list[tuple[int, str, str]]:
     """The same rmi steps on docker and on shale; ``run(*args) -> (code, out, err)``."""
     steps = [("tag", "shaletest-cmp:1", "shaletest-cmp:2"), ("rmi", "shaletest-cmp:2"),
              ("tag", "shaletest-cmp:1", "shaletest-cmp2:1"), ("rmi", a_id[7:19]),
              ("rmi", "shaletest-nope:1"), ("rmi", "shaletest-cmp2:1"),
              ("tag", "shaletest-cmp:1", "shaletest-cmp:3"), ("rmi", a_id),
              ("rmi", "-f", a_id), ("rmi", "shaletest-cmp-b:1")]
-    return [run(*s) for s in steps]  # type: ignore[operator]
+    return [run(*s) for s in steps]
 
 
 def test_rmi_matches_docker(cli: Cli, docker: Docker) -> None:
@@ -492,14 +509,10 @@ def test_rmi_matches_docker(cli: Cli, docker: Docker) -> None:
 
     def run_docker(*args: str) -> tuple[int, str, str]:
         r = docker(*args, check=False)
-        return (0 if r.returncode == 0 else 1, r.stdout.decode(),
-                _norm_docker(r.stderr.decode()))
+        return r.returncode, r.stdout.decode(), _norm_docker(r.stderr.decode())
 
-    def run_shale(*args: str) -> tuple[int, str, str]:
-        code, out, err = cli(*args)
-        return (0 if code == 0 else 1, out, err)
-
-    assert _rmi_scenario(run_shale, a.id) == _rmi_scenario(run_docker, a.id)
+    # outputs, error lines and exit codes, step by step
+    assert _rmi_scenario(cli, a.id) == _rmi_scenario(run_docker, a.id)
 
 
 def test_parent_chain_matches_docker(cli: Cli, docker: Docker) -> None:
@@ -520,6 +533,12 @@ def test_parent_chain_matches_docker(cli: Cli, docker: Docker) -> None:
         if args[1] == "inspect":
             pytest.importorskip("shale.cli.format")
         assert cli.ok(*args) == docker.out(*args), args
+    ours = {k.id, p.id}
+    for args in (["images", "-qa", "--no-trunc", "-f", "dangling=true"],
+                 ["images", "-q", "--no-trunc", "-f", "dangling=true"],
+                 ["images", "-qa", "--no-trunc", "-f", "dangling=false"]):
+        mine = [x for x in docker.out(*args).split() if x in ours]
+        assert cli.ok(*args).split() == mine, args
     assert _norm_docker(docker("rmi", p.id, check=False).stderr.decode()) == \
         cli("rmi", p.id).err
     assert cli.ok("rmi", "shaletest-kid:1") == docker.out("rmi", "shaletest-kid:1")
@@ -622,7 +641,7 @@ def test_history_format_json(cli: Cli, abc: None) -> None:
 
 def test_history_unknown_image(cli: Cli) -> None:
     assert cli("history", "shaletest-nope") == (
-        125, "", "Error: No such image: shaletest-nope:latest\n")
+        1, "", "Error: No such image: shaletest-nope:latest\n")
 
 
 # ---------------------------------------------------------------------- prune, check, df

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -26,6 +27,7 @@ from helpers import (
     arch_image,
     assert_image_valid,
     busybox_entries,
+    docker_25_archive,
     read_archive,
     sha256,
     simple_layer,
@@ -113,7 +115,7 @@ def test_shale_save_docker_load_docker_run(cli: Cli, docker: Docker, busybox_tar
     # docker keeps the layer bytes: its own save gives shale's diff_id back
     data = docker("save", "shaletest-io:1").stdout
     layers = [v for k, v in read_archive(data).items() if k.endswith("layer.tar")]
-    assert [sha256(x) for x in layers] == [sha256(busybox_tar.read_bytes())]  # type: ignore[arg-type]
+    assert [sha256(x) for x in layers] == [sha256(busybox_tar.read_bytes())]
 
 
 def test_podman_and_skopeo_and_umoci_read_shale_archive(cli: Cli, podman: Run,
@@ -126,8 +128,6 @@ def test_podman_and_skopeo_and_umoci_read_shale_archive(cli: Cli, podman: Run,
                     Entry("srv/sym", "symlink", link="hello")])
     img = arch_image([la, lb], ["shaletest/tools:1"], config={"Cmd": ["/bin/sh"],
                                                                "Env": ["A=1"]})
-    from helpers import docker_25_archive
-
     cli.ok("load", stdin=docker_25_archive([img]))
     archive = tmp_path / "s.tar"
     cli.ok("save", "-o", str(archive), "shaletest/tools:1")
@@ -227,11 +227,23 @@ def test_docker_build_with_deletions_round_trips(cli: Cli, engine: Engine, docke
     assert docker.out("load", stdin=ours) == f"Loaded image: {name}\n"
     assert docker.out("image", "inspect", "-f", "{{.Id}}", name).strip() == image_id
     assert _docker_tree(docker, name) == before
+    # neither side has the build steps now: history (IDs, <missing>, sizes) is the same
+    args = ["history", "--no-trunc", "-H=false", name]
+    assert cli.ok(*args) == docker.out(*args)
+
+    def cells(text: str, created: int) -> list[list[str]]:
+        """Table cells without the CREATED column (seconds tick between the two runs)."""
+        rows = [re.split(r" {3,}", line) for line in text.splitlines()]
+        return [r[:created] + r[created + 1:] for r in rows]
+
+    for args, col in ((["history", name], 1),
+                      (["images", "--filter", f"reference={name}"], 3)):
+        assert cells(cli.ok(*args), col) == cells(docker.out(*args), col), args
     # and docker's own save of what it loaded from shale has the same layer bytes
     again = read_archive(docker("save", name).stdout)
     first = read_archive(original)
     assert sorted(sha256(v) for k, v in again.items() if k.endswith("layer.tar")) == \
-        sorted(sha256(v) for k, v in first.items() if k.endswith("layer.tar"))  # type: ignore[arg-type]
+        sorted(sha256(v) for k, v in first.items() if k.endswith("layer.tar"))
 
 
 @pytest.mark.parametrize("fmt", ["docker-archive", "oci-archive"])
@@ -251,7 +263,7 @@ def test_podman_save_shale_load(cli: Cli, engine: Engine, podman: Run, tmp_path:
         index = json.loads(members["index.json"])
         manifest = json.loads(members["blobs/sha256/" + index["manifests"][0]["digest"][7:]])
         config_name = "blobs/sha256/" + manifest["config"]["digest"][7:]
-    expected_id = sha256(members[config_name])  # type: ignore[arg-type]
+    expected_id = sha256(members[config_name])
     res = cli("load", "-i", str(out))
     assert res == (0, "Loaded image: localhost/shaletest-pod:1\n", "")
     img = engine.image("localhost/shaletest-pod:1")

@@ -12,6 +12,7 @@ import contextlib
 import os
 import posixpath
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
@@ -60,7 +61,7 @@ def copy(engine: Engine, store: ContainerStore, src: str, dst: str, follow: bool
     if sname is not None:
         c = store.get(sname)
         with _mounted(engine, store, c) as root:
-            _from_container(root, spath, dpath)
+            _from_container(root, spath, dpath, follow)
     else:
         assert dname is not None
         c = store.get(dname)
@@ -69,42 +70,99 @@ def copy(engine: Engine, store: ContainerStore, src: str, dst: str, follow: bool
     return 0
 
 
-def _from_container(root: Path, spath: str, dest: str) -> None:
+def _from_container(root: Path, spath: str, dest: str, follow: bool) -> None:
+    """Copy ``spath`` (resolved inside the container's root: every symlink on the way is
+    followed as if the root were ``/``; the last one only with ``-L``, else the link itself
+    is copied, as docker) to the host path ``dest`` or as a tar to stdout (``-``)."""
     from shale.fsroot import Root
 
     contents_only = spath.endswith("/.")
     rel = spath.strip("/")
     with Root(root) as r:
         try:
-            inside = r.resolve(rel) if rel else "/"
-        except FileNotFoundError:
+            inside = r.resolve(rel) if (follow or not rel) else posixpath.join(
+                r.resolve(posixpath.dirname(rel)), posixpath.basename(rel))
+            if inside.strip("/"):
+                pfd, base = r.open_parent(inside)
+            else:
+                pfd, base = r.open_dir(""), "."
+        except (FileNotFoundError, NotADirectoryError):
             raise NotFound(f"Could not find the file {spath} in container") from None
-        fd = r.open(inside.lstrip("/") or ".", os.O_PATH)
     try:
-        src = f"/proc/self/fd/{fd}"
+        try:
+            st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"Could not find the file {spath} in container") from None
+        name = posixpath.basename(inside.rstrip("/")) or "."
         if dest == "-":
-            _tar_to_stdout(src, posixpath.basename(inside.rstrip("/")) or ".")
+            with tarfile.open(fileobj=sys.stdout.buffer, mode="w|",
+                              format=tarfile.PAX_FORMAT) as tf:
+                _tar_at(tf, pfd, base, name)
             return
-        is_dir = os.path.isdir(src)
         target = Path(dest)
         if target.is_dir() and not contents_only:
-            target = target / (posixpath.basename(inside.rstrip("/")) or "root")
-        if is_dir:
-            target.mkdir(parents=False, exist_ok=True)
-            subprocess.run(["cp", "-a", "--", f"{src}/.", str(target)], check=True,
-                           capture_output=True)
-        else:
-            shutil.copy2(src, target, follow_symlinks=True)
-    except subprocess.CalledProcessError as e:
-        raise InvalidArgument(f"copy failed: {e.stderr.decode(errors='replace').strip()}"
-                              ) from None
+            target = target / (name if name != "." else "root")
+        _copy_at(pfd, base, st, target)
     finally:
-        os.close(fd)
+        os.close(pfd)
 
 
-def _tar_to_stdout(src: str, arcname: str) -> None:
-    with tarfile.open(fileobj=sys.stdout.buffer, mode="w|", format=tarfile.PAX_FORMAT) as tf:
-        tf.add(src, arcname=arcname)
+def _copy_at(pfd: int, base: str, st: os.stat_result, target: Path) -> None:
+    """One in-container entry (never followed if a symlink) to a host path."""
+    if stat.S_ISDIR(st.st_mode):
+        fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=pfd)
+        try:
+            target.mkdir(exist_ok=True)
+            # cp -a never follows the tree's symlinks; the fd must survive into cp
+            res = subprocess.run(["cp", "-a", "--", f"/proc/self/fd/{fd}/.", str(target)],
+                                 capture_output=True, pass_fds=(fd,), check=False)
+        finally:
+            os.close(fd)
+        if res.returncode:
+            raise InvalidArgument("copy failed: " +
+                                  res.stderr.decode(errors="replace").strip())
+    elif stat.S_ISLNK(st.st_mode):
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()
+        os.symlink(os.readlink(base, dir_fd=pfd), target)
+    elif stat.S_ISREG(st.st_mode):
+        fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=pfd)
+        with os.fdopen(fd, "rb") as src, open(target, "wb") as out:
+            shutil.copyfileobj(src, out)
+        os.chmod(target, stat.S_IMODE(st.st_mode))
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    else:
+        raise InvalidArgument(f"copy failed: {base}: not a regular file, directory or link")
+
+
+def _tar_at(tf: tarfile.TarFile, pfd: int, base: str, arc: str) -> None:
+    """Add ``pfd/base`` (and what is below it) as ``arc``, walking by directory fds with
+    O_NOFOLLOW so no symlink in the container is ever followed."""
+    st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
+    ti = tarfile.TarInfo(arc)
+    ti.mode, ti.uid, ti.gid, ti.mtime = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, \
+        int(st.st_mtime)
+    if stat.S_ISLNK(st.st_mode):
+        ti.type, ti.linkname = tarfile.SYMTYPE, os.readlink(base, dir_fd=pfd)
+        tf.addfile(ti)
+    elif stat.S_ISREG(st.st_mode):
+        ti.size = st.st_size
+        fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=pfd)
+        with os.fdopen(fd, "rb") as f:
+            tf.addfile(ti, f)
+    elif stat.S_ISDIR(st.st_mode):
+        ti.type = tarfile.DIRTYPE
+        tf.addfile(ti)
+        fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=pfd)
+        try:
+            for child in sorted(os.listdir(fd)):
+                _tar_at(tf, fd, child, f"{arc}/{child}")
+        finally:
+            os.close(fd)
+    elif stat.S_ISFIFO(st.st_mode):
+        ti.type = tarfile.FIFOTYPE
+        tf.addfile(ti)
+    # device nodes and sockets are left out (a container's /dev is not its layer)
 
 
 def _into_container(root: Path, spath: str, dpath: str) -> None:

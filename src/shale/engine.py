@@ -28,6 +28,8 @@ from shale.refs import Reference
 
 if TYPE_CHECKING:
     from shale.archive import LoadResult, Progress
+    from shale.pull import Events, PullResult
+    from shale.push import PushResult
     from shale.snapshots import Snapshotter
 
 DEFAULT_ROOT = "/var/lib/shale"
@@ -107,7 +109,7 @@ class Engine:
         return out
 
     def image_size(self, img: Image) -> int:
-        """Docker's image size: the bytes of regular files over all layers."""
+        """Docker's image size: bytes of regular files and symlink targets over all layers."""
         return sum(self._content_size(x) for x in self.images.layers(img))
 
     def _content_size(self, layer: LayerRecord) -> int:
@@ -128,8 +130,10 @@ class Engine:
             return lines
 
     def image_users(self, image_id: str) -> list[tuple[str, bool]]:
-        """Containers using an image: (container ID, running). Containers come later."""
-        return []
+        """Containers using an image: (container ID, running); rmi refuses while any does."""
+        from shale.containers import ContainerStore
+
+        return ContainerStore(self).users_of_image(image_id)
 
     def history(self, name: str) -> list[HistoryRow]:
         img = self.images.get(name)
@@ -298,6 +302,23 @@ class Engine:
     @staticmethod
     def now() -> float:
         return time.time()
+
+    # ---- registry (shale.pull, shale.push) -----------------------------------------------
+    def pull(self, ref: Reference, events: Events | None = None, *, all_tags: bool = False,
+             platform: str | None = None, insecure: tuple[str, ...] = ()) -> list[PullResult]:
+        from shale.pull import pull, pull_all_tags
+
+        if all_tags:
+            return pull_all_tags(self, ref, events, platform=platform, insecure=insecure)
+        return [pull(self, ref, events, platform=platform, insecure=insecure)]
+
+    def push(self, ref: Reference, events: Events | None = None, *, all_tags: bool = False,
+             insecure: tuple[str, ...] = (), level: int | None = None, chunk_size: int = 0
+             ) -> list[PushResult]:
+        from shale.push import push
+
+        return push(self, ref, events, all_tags=all_tags, insecure=insecure, level=level,
+                    chunk_size=chunk_size)
 
 
 def _match_history_ids(chain: list[Image], n: int) -> list[str]:

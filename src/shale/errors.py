@@ -90,7 +90,7 @@ class LimitExceeded(ShaleError):
 
 
 class RegistryError(ShaleError):
-    pass
+    exit_code = 1  # docker pull/push/login exit 1 on every registry failure
 
 
 class RuntimeFailure(ShaleError):

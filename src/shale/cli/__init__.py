@@ -35,6 +35,8 @@ VERB_MODULES: dict[str, str] = {
     "commit": "container_cmds", "export": "container_cmds", "cp": "container_cmds",
     "container": "container_cmds", "volume": "container_cmds",
     "build": "build_cmds",
+    "pull": "registry_cmds", "push": "registry_cmds", "login": "registry_cmds",
+    "logout": "registry_cmds",
 }
 
 

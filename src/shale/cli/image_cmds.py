@@ -113,7 +113,7 @@ def _image_rows(engine: Engine, ns: argparse.Namespace) -> list[dict[str, Any]]:
     now = time.time()
     rows: list[dict[str, Any]] = []
     filters = _parse_filters(ns.filter)
-    for img in engine.list_images(all=ns.all or bool(filters.get("dangling"))):
+    for img in engine.list_images(all=ns.all):
         if not _image_matches(engine, img, filters):
             continue
         created = parse_time(img.config.created)
@@ -145,12 +145,22 @@ def _image_rows(engine: Engine, ns: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _parse_filters(items: list[str]) -> dict[str, list[str]]:
+    """docker's filter checks and messages: no '=' is a usage error of the flag (125); an
+    unknown key or a dangling value other than true/false is refused by the engine."""
+    from shale.cli import UsageError
+
     out: dict[str, list[str]] = {}
     for it in items:
         key, sep, value = it.partition("=")
-        if not sep or key not in ("dangling", "label", "reference", "before", "since"):
-            raise InvalidArgument(f"invalid filter '{it}'")
+        if not sep:
+            raise UsageError(f'invalid argument "{it}" for "-f, --filter" flag: bad format '
+                             "of filter (expected name=value)")
+        if key not in ("dangling", "label", "reference", "before", "since"):
+            raise InvalidArgument(f"Invalid filter '{key}'")
         out.setdefault(key, []).append(value)
+    for v in out.get("dangling", []):
+        if v not in ("true", "false"):
+            raise InvalidArgument(f"Invalid filter 'dangling=[{' '.join(out['dangling'])}]'")
     return out
 
 
@@ -159,8 +169,11 @@ def _image_matches(engine: Engine, img: Image, filters: dict[str, list[str]]) ->
     from shale.refs import Reference, familiar_match
 
     for v in filters.get("dangling", []):
-        dangling = not img.tags and not img.repo_digests and not engine.images.children(img.id)
-        if (v.lower() in ("true", "1")) != dangling:
+        # docker 20.10's images.go: =true looks only at images without children (Heads)
+        # and drops tagged ones; =false drops every image without references
+        if v == "true" and (img.tags or engine.images.children(img.id)):
+            return False
+        if v == "false" and not img.tags and not img.repo_digests:
             return False
     labels = img.config.config.get("Labels") or {}
     for v in filters.get("label", []):
