@@ -196,6 +196,17 @@ class Docker:
         self.containers.add(name)
         return name
 
+    def layer_root(self) -> Path:
+        root = self("info", "--format", "{{.DockerRootDir}}").out.strip()
+        return Path(root) / "overlay2"
+
+    def layer_dirs(self, ref: str) -> list[Path]:
+        """The overlay2 dirs of an image's layers (each holds diff/, link, lower...)."""
+        data = json.loads(self("image", "inspect", "--format", "{{json .GraphDriver.Data}}",
+                               ref).out)
+        paths = [data.get("UpperDir", ""), *data.get("LowerDir", "").split(":")]
+        return [Path(p).parent for p in paths if p]
+
     def sweep_leftovers(self) -> None:
         """Remove `shalebench-` containers and images a killed earlier run left behind."""
         if not self.ok:
@@ -329,8 +340,8 @@ def measure(fns: dict[str, Callable[[], Proc]], n: int, warm: int,
             problem: Callable[[str], None] | None = None) -> dict[str, Figure]:
     """Median of n timed calls of each function after `warm` untimed ones, the engines
     interleaved round by round so that load from elsewhere on the machine falls on all of
-    them alike. Peak RSS is the highest seen. A function whose key starts with "podman"
-    may fail: it is dropped (and reported), the others go on."""
+    them alike. Peak RSS is the highest seen. A side column (a key starting with "podman"
+    or "runc") may fail: it is dropped (and reported), the others go on."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     rss: dict[str, int | None] = dict.fromkeys(fns)
     live = dict(fns)
@@ -339,7 +350,7 @@ def measure(fns: dict[str, Callable[[], Proc]], n: int, warm: int,
             try:
                 r = fn()
             except CommandFailed as e:
-                if not key.startswith("podman") or problem is None:
+                if not key.startswith(("podman", "runc")) or problem is None:
                     raise
                 problem(f"{key} skipped: {str(e).strip().splitlines()[-1][:300]}")
                 del live[key]
@@ -736,15 +747,17 @@ class Bench:
             d_tar = self.work / "share-docker-child.tar"
             dk("save", "-o", d_tar, child)
             dk("rmi", child)
-            sync()
-            d_before = du_bytes("/var/lib/docker")
+            # other users of the daemon change /var/lib/docker meanwhile: count only the
+            # layer dirs of the child that the load created
+            had = set(os.listdir(dk.layer_root()))
             dk("load", "-i", d_tar)
             sync()
-            d_after = du_bytes("/var/lib/docker")
+            new = [d for d in dk.layer_dirs(child) if d.name not in had]
+            loaded = sum(du_bytes(d) for d in new)
             dk("run", "--rm", child, "true")
             sync()
-            d_load = Figure(nbytes=d_after - d_before)
-            d_run = Figure(nbytes=du_bytes("/var/lib/docker") - d_after)
+            d_load = Figure(nbytes=loaded)
+            d_run = Figure(nbytes=sum(du_bytes(d) for d in new) - loaded)
             d_tar.unlink(missing_ok=True)
             dk("rmi", child, base, check=False)
         ok = s_load.nbytes is not None and s_load.nbytes < 1.5 * small + 256 * 1024
@@ -862,7 +875,9 @@ class Bench:
         print(f"shale bench {time.strftime('%Y-%m-%d %H:%M')}  "
               f"{'quick' if self.quick else 'full'}{' +big' if a.big else ''}  "
               f"{os.cpu_count()} cpus  kernel {os.uname().release}")
-        print(f"shale:  {self.shale.exe} (interpreter {script_interpreter(self.shale.exe)})")
+        py = script_interpreter(self.shale.exe)
+        src = call([py, "-c", "import shale; print(shale.__file__)"], check=False).out.strip()
+        print(f"shale:  {self.shale.exe} (interpreter {py}; package {src or '?'})")
         print(f"docker: {self.docker.version}   podman: "
               f"{self.podman.version if self.podman else 'not used'}")
         print(f"work:   {self.work} (shale --root {self.shale.root}); "

@@ -179,9 +179,9 @@ def sh1(root: Path, bb_tar: Path) -> Iterator[Shale]:
 
 
 def pty_run(argv: list[str], *, rows: int = 24, cols: int = 80, send: bytes = b"",
-            send_after: float = 0.0, timeout: float = 30) -> tuple[int, bytes]:
-    """Run ``argv`` on a new pty of the given size; type ``send`` into it after
-    ``send_after`` seconds; return (exit code, everything it printed)."""
+            send_when: bytes = b"", timeout: float = 30) -> tuple[int, bytes]:
+    """Run ``argv`` on a new pty of the given size; type ``send`` into it once its output
+    contains ``send_when``; return (exit code, everything it printed)."""
     import fcntl
     import pty
     import select
@@ -200,7 +200,7 @@ def pty_run(argv: list[str], *, rows: int = 24, cols: int = 80, send: bytes = b"
     sent = not send
     try:
         while True:
-            if not sent and time.monotonic() - start >= send_after:
+            if not sent and send_when in out:
                 os.write(fd, send)
                 sent = True
             left = timeout - (time.monotonic() - start)

@@ -411,3 +411,24 @@ elif verb == "erase":
     (docker_config / "config.json").write_text(json.dumps({"credsStore": "missing"}))
     with pytest.raises(RegistryError, match="docker-credential-missing not found"):
         auth.get_credentials("a.test")
+
+
+def test_insecure_registry_falls_back_to_plain_http() -> None:
+    seen: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(f"{req.url.scheme}://{req.url.host}{req.url.path}")
+        if req.url.scheme == "https":
+            raise httpx.ConnectError("[SSL: WRONG_VERSION_NUMBER] wrong version number")
+        return httpx.Response(200, json={})
+
+    with Registry(HOST, insecure=[HOST], transport=httpx.MockTransport(handler)) as reg:
+        assert reg.blob_exists("a", Digest.of_bytes(b"x"))
+        assert reg.base == f"http://{HOST}"
+    assert seen[0] == f"https://{HOST}/v2/" and seen[1:] == [
+        f"http://{HOST}/v2/", f"http://{HOST}/v2/a/blobs/{Digest.of_bytes(b'x')}"]
+    # not listed: TLS only, and the failure is one clear error
+    seen.clear()
+    with Registry(HOST, transport=httpx.MockTransport(handler)) as reg, \
+            pytest.raises(RegistryError, match=f'Get "https://{HOST}/v2/": dial tcp'):
+        reg.blob_exists("a", Digest.of_bytes(b"x"))

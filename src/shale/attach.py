@@ -3,7 +3,8 @@
 Frames, both ways: 8-byte header ``[kind, 0, 0, 0, size (u32, big endian)]`` + payload, as
 docker multiplexes stdio. Monitor -> client: 1 stdout, 2 stderr, 3 exit (JSON ``{"ExitCode",
 "Error"}``, the last frame). Client -> monitor: 0 stdin data, 4 stdin closed, 5 resize
-("rows cols"), 6 signal ("N"), 7 hello (JSON ``{"stdin": bool}``, the first frame).
+("rows cols"), 6 signal ("N"), 7 hello (JSON ``{"stdin": bool, "size": [rows, cols]}``, the
+first frame; the first client's hello comes before the container starts).
 With a tty the container's output arrives as kind 1 only (stdout and stderr are one stream).
 """
 
@@ -46,7 +47,8 @@ class FrameReader:
         return out
 
 
-def connect(path: Path, stdin: bool, timeout: float = 10.0) -> socket.socket:
+def connect(path: Path, stdin: bool, timeout: float = 10.0,
+            size: tuple[int, int] | None = None) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     # the path may be long: connect through /proc/self/fd of the directory
@@ -56,8 +58,19 @@ def connect(path: Path, stdin: bool, timeout: float = 10.0) -> socket.socket:
     finally:
         os.close(dfd)
     s.settimeout(None)
-    s.sendall(frame(HELLO, json.dumps({"stdin": stdin}).encode()))
+    hello: dict[str, Any] = {"stdin": stdin}
+    if size:
+        hello["size"] = list(size)  # a tty gets the terminal's size before it starts
+    s.sendall(frame(HELLO, json.dumps(hello).encode()))
     return s
+
+
+def terminal_size() -> tuple[int, int] | None:
+    """(rows, cols) of the terminal on stdin or stdout, None without one."""
+    for fd in (0, 1):
+        if os.isatty(fd):
+            return _winsize(fd)
+    return None
 
 
 def _winsize(fd: int) -> tuple[int, int] | None:
@@ -93,7 +106,7 @@ class AttachClient:
             import tty as ttymod
 
             old_term = termios.tcgetattr(in_fd)
-            ttymod.setraw(in_fd)
+            ttymod.setraw(in_fd, termios.TCSANOW)  # keep typeahead (TCSAFLUSH drops it)
         rd, wr = os.pipe()  # self-pipe: signals wake the select loop
         os.set_blocking(wr, False)
         old_handlers = self._install_signals(wr)

@@ -272,8 +272,15 @@ def wait_stopped(engine: Engine, c: Container, timeout: float | None = None) -> 
 def kill(engine: Engine, c: Container, sig: int) -> None:
     store = ContainerStore(engine)
     st = store.state(c)
-    if not st.Running:
+    if not st.Running and not st.Restarting:
         raise Conflict(f"Cannot kill container: {c.id[:12]}: Container {c.id} is not running")
+    stop_sig = c.config.get("StopSignal")
+    if sig == 9 or not stop_sig or parse_signal(stop_sig) == sig:
+        # docker's ExitOnNext: a container killed (or sent its stop signal) is not
+        # restarted by its restart policy
+        (c.dir / "stop-requested").touch()
+    if not st.Running:
+        return  # restarting: between two runs there is nothing to signal
     from shale.runtime import get_runtime
 
     rt = get_runtime(c.host_config.get("Runtime") or "builtin", engine.root / "runtime")
@@ -355,18 +362,74 @@ def _remove_anonymous_volumes(engine: Engine, c: Container) -> None:
 
 
 def cleanup_dead(engine: Engine) -> None:
-    """Clean what crashed monitors left: rootfs mounts of containers that are not running
-    (DESIGN.md: the next command cleans what a crash left)."""
-    store = ContainerStore(engine)
-    base = engine.root / "containers"
+    """Clean what crashed monitors left (DESIGN.md: the next command cleans what a crash
+    left): a container whose monitor died while it ran has its processes killed, its
+    rootfs unmounted and its state finalized (exited, 137); a stopped container's rootfs
+    left mounted is unmounted."""
+    import fcntl
+
     from shale.mount import mountinfo
 
-    mounted = {m.mount_point for m in mountinfo() if m.mount_point.startswith(str(base))}
-    if not mounted:
-        return
+    store = ContainerStore(engine)
+    base = engine.root / "containers"
+    prefix = str(base) + "/"
+    mounted = {m.mount_point for m in mountinfo() if m.mount_point.startswith(prefix)}
     for c in store.list():
-        if str(c.rootfs) in mounted and not monitor_alive(c.lock_path):
+        orphaned = _raw_status(c) in ("running", "paused", "restarting")
+        if not orphaned and str(c.rootfs) not in mounted:
+            continue
+        try:
+            lock = os.open(c.lock_path, os.O_RDWR)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no monitor: we may write
+        except BlockingIOError:
+            os.close(lock)
+            continue
+        try:
+            if _raw_status(c) in ("running", "paused", "restarting"):
+                _finalize_orphan(engine, c)
             store.unmount_rootfs(c)
+        finally:
+            os.close(lock)
+        if orphaned and c.host_config.get("AutoRemove"):
+            with contextlib.suppress(ShaleError):
+                remove_container(engine, c, force=True, volumes=True)
+
+
+def _raw_status(c: Container) -> str:
+    try:
+        return str(json.loads(c.state_path.read_text()).get("Status", ""))
+    except (OSError, ValueError):
+        return ""
+
+
+def _finalize_orphan(engine: Engine, c: Container) -> None:
+    """The monitor of ``c`` died (kill -9, OOM killer): kill what it left running and record
+    the end. The caller holds the monitor lock, so no monitor writes the state meanwhile."""
+    from shale.containers import write_state
+    from shale.runtime import get_runtime
+
+    with contextlib.suppress(Exception):
+        from shale.runtime.cgroups import thaw
+
+        thaw(c.id)
+    with contextlib.suppress(Exception):
+        rt = get_runtime(c.host_config.get("Runtime") or "builtin", engine.root / "runtime")
+        rt.delete(c.id, force=True)
+    try:
+        st = State.from_json(json.loads(c.state_path.read_text()))
+    except (OSError, ValueError):
+        st = State()
+    if st.Status != "restarting":  # a restarting container had already recorded its end
+        st.ExitCode = st.ExitCode or 137
+        st.FinishedAt = format_time(time.time())
+        st.Error = st.Error or "the container's monitor died"
+    st.Status, st.Running, st.Paused, st.Restarting, st.Pid = "exited", False, False, \
+        False, 0
+    st.MonitorPid = 0
+    write_state(c, st)
 
 
 def state_json(st: State) -> dict[str, Any]:

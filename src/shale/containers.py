@@ -150,6 +150,12 @@ def read_state(c: Container) -> State:
         st.Pid = 0
         if st.FinishedAt == ZERO_TIME:
             st.ExitCode = 137 if st.ExitCode == 0 else st.ExitCode
+            # when it died is unknown until the next command records it (cleanup_dead):
+            # the last state write is the best bound, never "year 1"
+            with contextlib.suppress(OSError):
+                from shale.oci import format_time
+
+                st.FinishedAt = format_time(c.state_path.stat().st_mtime)
     return st
 
 

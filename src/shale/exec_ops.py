@@ -140,7 +140,7 @@ def _pump_pty(master: int, pid: int, stdin: bool) -> None:
     old = None
     if stdin and os.isatty(in_fd):
         old = termios.tcgetattr(in_fd)
-        tty.setraw(in_fd)
+        tty.setraw(in_fd, termios.TCSANOW)  # keep what was typed ahead
     if os.isatty(1):
         with contextlib.suppress(OSError):
             ws = fcntl.ioctl(1, termios.TIOCGWINSZ, b"\0" * 8)

@@ -145,6 +145,8 @@ class Monitor:
         self.tty = bool(self.c.config.get("Tty"))
         self.stdin_w = -1
         self.exit_sent = False
+        self.hello = False  # the first client's hello (stdin wanted, tty size) arrived
+        self.size = b""  # "rows cols" for a pty that does not exist yet
 
     # ---- lifecycle -----------------------------------------------------------------------
     def run(self) -> None:
@@ -243,6 +245,8 @@ class Monitor:
             finally:
                 os.rmdir(tmp) if os.path.isdir(tmp) and not os.listdir(tmp) else None
             self.stdin_w = master
+            if self.size:
+                _resize(master, self.size)
             return pid, {"tty": master}
         stdin_r = os.open(os.devnull, os.O_RDONLY)
         if self.c.config.get("OpenStdin"):
@@ -334,7 +338,7 @@ class Monitor:
 
     def _wait_first_client(self, timeout: float) -> None:
         end = time.monotonic() + timeout
-        while not self.clients and time.monotonic() < end:
+        while not self.hello and time.monotonic() < end:
             for key, _ in self.sel.select(max(0.0, end - time.monotonic())):
                 if key.data[0] == "listen":
                     self._accept()
@@ -365,19 +369,29 @@ class Monitor:
             return
         for kind, payload in reader.feed(data):
             if kind == ap.HELLO:
-                wants_stdin = bool(json.loads(payload).get("stdin"))
+                hello = json.loads(payload)
+                wants_stdin = bool(hello.get("stdin"))
                 self.clients[fd] = (conn, reader, wants_stdin)
+                self.hello = True
+                if hello.get("size") and self.tty:
+                    self._resize(" ".join(str(int(x)) for x in hello["size"]).encode())
             elif kind == ap.STDIN and wants_stdin and self.stdin_w >= 0:
                 with contextlib.suppress(OSError):
                     os.write(self.stdin_w, payload)
             elif kind == ap.STDIN_EOF and wants_stdin and not self.tty and self.stdin_w >= 0:
                 os.close(self.stdin_w)
                 self.stdin_w = -1
-            elif kind == ap.RESIZE and self.tty and self.stdin_w >= 0:
-                _resize(self.stdin_w, payload)
+            elif kind == ap.RESIZE and self.tty:
+                self._resize(payload)
             elif kind == ap.SIGNAL:
                 with contextlib.suppress(Exception):
                     self._runtime().kill(self.c.id, int(payload))
+
+    def _resize(self, payload: bytes) -> None:
+        if self.stdin_w >= 0:
+            _resize(self.stdin_w, payload)
+        else:
+            self.size = payload  # applied when the pty arrives, before the start
 
     def _broadcast(self, data: bytes) -> None:
         for fd in list(self.clients):

@@ -141,7 +141,7 @@ def _pull(engine: Engine, reg: Registry, ref: Reference, plat: Platform, *,
     head = reg.head_manifest(repo, what)
     name = ref.name_only()
     if head is not None:
-        known = _known_image(engine, name.with_digest(head[0].value))
+        known = _known_image(engine, name.with_digest(head[0].value), plat)
         if known is not None:
             engine.images.publish(engine.images.load(known).config, [],
                                   tags=[ref] if ref.digest is None else [])
@@ -202,11 +202,14 @@ def _pull(engine: Engine, reg: Registry, ref: Reference, plat: Platform, *,
     return result
 
 
-def _known_image(engine: Engine, repo_digest: Reference) -> Digest | None:
+def _known_image(engine: Engine, repo_digest: Reference, plat: Platform) -> Digest | None:
+    """The local image recorded under this repo digest, for this platform, complete."""
     row = engine.meta.one("SELECT image FROM repo_digests WHERE name=?", (str(repo_digest),))
     if row is None or not engine.images.exists(row["image"]):
         return None
     img = engine.images.load(row["image"])
+    if (img.config.os, img.config.architecture) != (plat.os, plat.architecture):
+        return None
     if all(engine.images.has_layer(d) for d in img.config.diff_ids):
         return img.id
     return None
@@ -239,7 +242,11 @@ def _fetch_layers(engine: Engine, reg: Registry, repo: str,
         futures: dict[Future[tuple[Writer, LayerRecord]], int] = {
             pool.submit(_fetch_layer, engine, reg, repo, descs[i], diff_ids[i], ev, stop): i
             for i in todo}
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        try:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:  # Ctrl-C: the workers stop at their next chunk
+            stop.set()
+            raise
         failed = next((f for f in done if f.exception() is not None), None)
         if failed is not None:
             stop.set()

@@ -60,20 +60,29 @@ def open_layer_tar(content: ContentStore, layer: LayerRecord) -> BinaryIO:
     if layer.blob == layer.diff_id:
         return f
     _, stream = decompressed(f)
+    inner_close = stream.close
+
+    def close() -> None:  # the decompressor does not close the blob file it reads
+        try:
+            inner_close()
+        finally:
+            f.close()
+
+    stream.close = close  # type: ignore[method-assign]
     return stream
 
 
 def unpack(snap: Snapshotter, content: ContentStore, layers: Sequence[LayerRecord]) -> str:
     """Make sure every chain of ``layers`` is a committed snapshot; return the top chain ID
     ("" for an image without layers)."""
-    from shale.layer import apply_layer
-
     parent = ""
     for layer, chain in zip(layers, chain_ids([x.diff_id for x in layers]), strict=True):
         name = chain.value
         if _committed(snap, name):
             parent = name
             continue
+        from shale.layer import apply_layer  # only when unpacking: `run` skips tarfile
+
         key = f"extract-{uuid.uuid4().hex[:16]}-{chain.hex[:12]}"
         snap.prepare(key, parent, labels={"shale.extract": "1"})
         try:

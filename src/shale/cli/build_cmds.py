@@ -27,43 +27,62 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--network", default="default")
     p.add_argument("--rm", nargs="?", const="true", default="true")
     p.add_argument("--force-rm", action="store_true")
-    p.add_argument("--progress", default="auto")
-    p.add_argument("--explain", action="store_true")
-    p.add_argument("--platform", default=None)
+    p.add_argument("--progress", default="auto", choices=["auto", "plain", "tty"])
+    p.add_argument("--explain", action="store_true",
+                   help="say why each step missed the cache")
+    p.add_argument("--platform", default="")
     p.add_argument("context", metavar="PATH|-")
     p.set_defaults(handler=cmd_build)
 
 
+def _pairs(items: list[str]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for a in items:
+        k, sep, v = a.partition("=")
+        out[k] = v if sep else None
+    return out
+
+
 def cmd_build(engine: Engine, ns: argparse.Namespace) -> int:
-    from shale.build import Builder, BuildOptions
-    from shale.build.context import Context, open_dockerfile
+    from shale.build import Builder, BuildFailed, BuildOptions
+    from shale.build.context import Context, read_dockerfile
     from shale.dockerfile import parse
     from shale.refs import Reference
 
     tags = [Reference.parse(t).with_default_tag() for t in ns.tag]
-    args: dict[str, str | None] = {}
-    for a in ns.build_arg:
-        k, sep, v = a.partition("=")
-        args[k] = v if sep else None
-    labels = dict(x.partition("=")[::2] for x in ns.label)
+    if ns.network not in ("default", "host", "none"):
+        raise InvalidArgument(f"network mode \"{ns.network}\" not supported by shale build "
+                              "(default, host, none)")
+    stdin = sys.stdin.buffer
     if ns.context == "-":
         if ns.file == "-":
             raise InvalidArgument("invalid argument: can't use stdin for both build context "
                                   "and dockerfile")
-        ctx = Context.from_tar(sys.stdin.buffer)
+        ctx = Context.from_tar(stdin, ns.file)
     else:
         root = Path(ns.context)
         if not root.is_dir():
             raise InvalidArgument(f"unable to prepare context: path {ns.context!r} not found")
-        ctx = Context(root, Path(ns.file).name if ns.file and ns.file != "-" else "Dockerfile")
+        df_path = None if ns.file == "-" else \
+            Path(ns.file) if ns.file and (Path(ns.file).is_absolute() or Path(ns.file).exists()
+                                          ) else root / (ns.file or "Dockerfile")
+        ctx = Context.open(root, df_path)
     try:
-        text, fname = open_dockerfile(ctx.root, ns.file)
-        df = parse(text, fname)
-        opts = BuildOptions(tags=ns.tag, build_args=args, target=ns.target,
-                            no_cache=ns.no_cache, quiet=ns.quiet, labels=labels,
+        text, path = read_dockerfile(ctx.root, ns.file, stdin)
+        df = parse(text, "Dockerfile" if path is None else path.name)
+        for w in df.warnings:
+            print(f"[WARNING]: {w}", file=sys.stderr)
+        opts = BuildOptions(tags=ns.tag, build_args=_pairs(ns.build_arg), target=ns.target,
+                            no_cache=ns.no_cache, quiet=ns.quiet,
+                            labels={k: v or "" for k, v in _pairs(ns.label).items()},
                             network=ns.network, rm=ns.rm.lower() != "false",
-                            force_rm=ns.force_rm, explain=ns.explain or ns.progress == "plain")
-        image = Builder(engine, ctx, df, opts).build()
+                            force_rm=ns.force_rm,
+                            explain=ns.explain or ns.progress == "plain",
+                            platform=ns.platform)
+        try:
+            image = Builder(engine, ctx, df, opts).build()
+        except BuildFailed as e:
+            return _failed(e, ns.quiet)
     finally:
         ctx.close()
     for t in tags:
@@ -77,3 +96,21 @@ def cmd_build(engine: Engine, ns: argparse.Namespace) -> int:
     for t in tags:
         print(f"Successfully tagged {t.familiar}")
     return 0
+
+
+def _failed(e: Exception, quiet: bool) -> int:
+    """docker's message for a failed RUN (no ``Error:`` prefix), then where to debug it."""
+    from shale.build import BuildFailed
+
+    assert isinstance(e, BuildFailed)
+    sys.stdout.flush()
+    if quiet and e.output:
+        sys.stderr.buffer.write(e.output)
+        sys.stderr.flush()
+    print(str(e), file=sys.stderr)
+    if e.image:
+        short = e.image.removeprefix("sha256:")[:12]
+        print(f"The last good step is image {short} (debug it: shale run -it {short} sh); "
+              f"the failed step's container {e.container[:12]} is kept unless --force-rm.",
+              file=sys.stderr)
+    return e.exit_code

@@ -402,7 +402,9 @@ def container_inspect(engine: Engine, c: Container) -> dict[str, Any]:
     from shale.cli.inspect_image import docker_config
     from shale.container_ops import state_json
 
-    st = _store(engine).state(c)
+    from shale.containers import read_state
+
+    st = read_state(c)
     r = c.record
     out = {"Id": c.id, "Created": r["Created"], "Path": r["Path"], "Args": r["Args"],
            "State": state_json(st), "Image": c.image,

@@ -1,21 +1,18 @@
-"""Registry verbs: pull, push, login, logout (docker's flags, output and exit codes: every
-failure is one line and exit 1, as the docker CLI gives for these verbs)."""
+"""Registry verbs: pull, push, login, logout (docker's flags and output; every failure is
+one line and exit 1, as the docker CLI gives for these verbs: ``RegistryError`` is 1, and
+``cli.main`` maps other engine errors of these verbs to 1)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from shale.errors import InvalidArgument, RegistryError, ShaleError
+from shale.errors import InvalidArgument, RegistryError
 
 if TYPE_CHECKING:
     from shale.engine import Engine
-
-Handler = Callable[["Engine", argparse.Namespace], int]
-
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("pull", help="download an image from a registry")
@@ -25,40 +22,29 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--disable-content-trust", action="store_true", help=argparse.SUPPRESS)
     _insecure_flag(p)
     p.add_argument("name", metavar="NAME[:TAG|@DIGEST]")
-    p.set_defaults(handler=_exit1(cmd_pull))
+    p.set_defaults(handler=cmd_pull)
     p = sub.add_parser("push", help="upload an image to a registry")
     p.add_argument("-a", "--all-tags", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     p.add_argument("--disable-content-trust", action="store_true", help=argparse.SUPPRESS)
     _insecure_flag(p)
     p.add_argument("name", metavar="NAME[:TAG]")
-    p.set_defaults(handler=_exit1(cmd_push))
+    p.set_defaults(handler=cmd_push)
     p = sub.add_parser("login", help="log in to a registry")
     p.add_argument("-u", "--username", default=None)
     p.add_argument("-p", "--password", default=None)
     p.add_argument("--password-stdin", action="store_true")
     _insecure_flag(p)
     p.add_argument("server", nargs="?", default=None, metavar="SERVER")
-    p.set_defaults(handler=_exit1(cmd_login))
+    p.set_defaults(handler=cmd_login)
     p = sub.add_parser("logout", help="log out from a registry")
     p.add_argument("server", nargs="?", default=None, metavar="SERVER")
-    p.set_defaults(handler=_exit1(cmd_logout))
+    p.set_defaults(handler=cmd_logout)
 
 
 def _insecure_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
                    help="plain HTTP or unverified TLS for this registry (repeatable)")
-
-
-def _exit1(fn: Handler) -> Handler:
-    """docker's CLI exits 1 for every failure of these verbs."""
-    def run(engine: Engine, ns: argparse.Namespace) -> int:
-        try:
-            return fn(engine, ns)
-        except ShaleError as e:
-            e.exit_code = 1
-            raise
-    return run
 
 
 def _insecure(engine: Engine, ns: argparse.Namespace) -> tuple[str, ...]:

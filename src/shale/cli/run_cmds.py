@@ -94,7 +94,8 @@ def _read_env_files(files: list[str]) -> list[str]:
     out = []
     for f in files:
         try:
-            text = open(f).read()  # noqa: SIM115
+            with open(f) as fh:
+                text = fh.read()
         except OSError as e:
             raise InvalidArgument(f"open {f}: {e.strerror}") from None
         for line in text.splitlines():
@@ -156,33 +157,44 @@ def _start_attached(engine: Engine, c: Container, stdin: bool, sig_proxy: bool) 
     from shale.monitor import read_status
 
     status = start(engine, c, attached=True)
+    sock = None
     try:
         kind, code, msg = read_status(status)
-        if kind != "L":
-            print(f"Error: {msg}", file=sys.stderr)
-            return code
-        sock = attach.connect(c.attach_socket, stdin=stdin)
-        kind, code, msg = read_status(status)
-        if kind == "E":
-            print(f"Error: {msg}", file=sys.stderr)
-            return code
+        if kind == "L":
+            size = attach.terminal_size() if c.config.get("Tty") else None
+            sock = attach.connect(c.attach_socket, stdin=stdin, size=size)
+            kind, code, msg = read_status(status)
     finally:
         os.close(status)
-    client = attach.AttachClient(sock, tty=bool(c.config.get("Tty")), stdin=stdin,
-                                 sig_proxy=sig_proxy)
-    result = client.run()
-    sock.close()
-    if c.host_config.get("AutoRemove"):
-        from shale.container_ops import remove_container, wait_stopped
-
-        wait_stopped(engine, c, 30)
-        try:
-            remove_container(engine, c, force=True, volumes=True)
-        except ShaleError:
-            pass
+    if kind != "S" or sock is None:
+        if sock is not None:
+            sock.close()
+        _auto_remove(engine, c)  # docker's --rm removes a container that failed to start
+        print(f"Error: {msg}", file=sys.stderr)
+        return code
+    try:
+        client = attach.AttachClient(sock, tty=bool(c.config.get("Tty")), stdin=stdin,
+                                     sig_proxy=sig_proxy)
+        result = client.run()
+    finally:
+        sock.close()
+    _auto_remove(engine, c)
     if result.get("Error"):
         print(f"Error: {result['Error']}", file=sys.stderr)
     return int(result.get("ExitCode", 125))
+
+
+def _auto_remove(engine: Engine, c: Container) -> None:
+    """An attached ``--rm`` container is removed by the CLI once its monitor is done."""
+    if not c.host_config.get("AutoRemove"):
+        return
+    from shale.container_ops import remove_container, wait_stopped
+
+    wait_stopped(engine, c, 30)
+    try:
+        remove_container(engine, c, force=True, volumes=True)
+    except ShaleError:
+        pass
 
 
 def cmd_start(engine: Engine, ns: argparse.Namespace) -> int:

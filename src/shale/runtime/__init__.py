@@ -28,7 +28,11 @@ Contract of every ``Runtime``:
     that is missing or not executable, AlreadyExists for a used ``cid``, RuntimeFailure for
     anything else; on any error nothing is left to delete.
 ``start(cid)``
-    Lets the init ``execve``. Conflict unless the container is ``created``.
+    Lets the init ``execve``. Conflict unless the container is ``created``. When the
+    ``execve`` itself fails (``exec format error``, a script's missing interpreter) the
+    built-in runtime raises CannotExecute / CommandNotFound and the init exits 126 / 127;
+    runc (like docker 20.10) reports success and the init prints the error and exits 1.
+    Either way the caller still reaps the pid.
 ``state(cid) -> State``
     ``created`` | ``running`` | ``paused`` | ``stopped`` and the init pid (0 once stopped;
     an unreaped zombie counts as stopped). NotFound for an unknown ``cid``.
@@ -41,8 +45,15 @@ Contract of every ``Runtime``:
     is killed without ``force`` (runc does the same).
 ``exec(cid, process, io) -> pid``
     Start an extra process (an OCI ``process`` object) in the container's namespaces and
-    cgroup, under the container's seccomp filter. Returns its host pid, reaped by the caller
-    like the init. CommandNotFound / CannotExecute as for ``create``; Conflict if stopped.
+    cgroup, under the container's seccomp filter; ``capabilities``, ``rlimits`` and
+    ``noNewPrivileges`` it omits are the container's own (as runc does). Returns its host
+    pid, reaped by the caller like the init. CommandNotFound / CannotExecute as for
+    ``create``; Conflict unless the container is running (a paused one included).
+
+Cgroups: ``linux.cgroupsPath`` names the container's cgroup for both runtimes, so
+``cgroups.Cgroup(path)`` (or, for the engine's ``/shale/<cid>`` paths, ``cgroups.freeze(cid)``,
+``thaw``, ``pids``, ``oom_killed``, ``remove_cgroup``) works whichever runtime ran it. Read
+``oom_killed`` before ``delete``, which removes the cgroup.
 
 ``ProcessIO`` is either up to three fds (None: /dev/null), dup'ed onto the process's 0/1/2,
 or ``console_socket``: the path of a listening unix socket on which the runtime sends the pty

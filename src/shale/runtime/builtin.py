@@ -177,6 +177,7 @@ def _spawn(sync_w: int, keep: set[int], stdio: list[int],
     code = 1
     try:
         linux.set_dumpable(False)
+        process.reset_signals()  # the caller's Python handlers must never run in here
         _child_stdio(stdio)
         _close_fds_except(keep)
         in_a()
@@ -280,7 +281,10 @@ class BuiltinRuntime:
         if st.status != "created":
             raise Conflict(f"cannot start a container that is {st.status}")
         fifo = self._dir(cid) / "exec.fifo"
-        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise Conflict(f"container {cid} is already started") from None
         try:
             fifo.unlink()
             data = _drain_fifo(fd, os.pidfd_open(st.pid))
@@ -524,10 +528,14 @@ def _exec(st: dict[str, Any], proc: dict[str, Any], io: ProcessIO, bpf: bytes | 
     pid = st["pid"]
     fds: list[int] = []
     try:
-        for name, _ in _EXEC_NS:
-            mine, theirs = os.stat(f"/proc/self/ns/{name}"), os.stat(f"/proc/{pid}/ns/{name}")
-            if (mine.st_ino, mine.st_dev) != (theirs.st_ino, theirs.st_dev):
-                fds.append(_high_fd(os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)))
+        try:
+            for name, _ in _EXEC_NS:
+                mine, theirs = os.stat(f"/proc/self/ns/{name}"), os.stat(f"/proc/{pid}/ns/{name}")
+                if (mine.st_ino, mine.st_dev) != (theirs.st_ino, theirs.st_dev):
+                    fds.append(_high_fd(os.open(f"/proc/{pid}/ns/{name}",
+                                                os.O_RDONLY | os.O_CLOEXEC)))
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # died meanwhile: the start time check below says so
         if linux.proc_starttime(pid) != st["starttime"]:
             raise Conflict(f"container {st['id']} is not running")
         ns_fds = list(fds)

@@ -222,23 +222,47 @@ class Cgroup:
 
     def _set_frozen(self, on: bool, timeout: float) -> None:
         d = self.v1_dir("freezer")
-        deadline = time.monotonic() + timeout
         if d is not None and d.is_dir():
-            want = "FROZEN" if on else "THAWED"
-            while True:  # FREEZING is transient: write again until the state sticks
-                _write(d / "freezer.state", want)
-                if (d / "freezer.state").read_text().strip() == want:
-                    return
-                if time.monotonic() > deadline:
-                    raise RuntimeFailure(f"cgroup {self.path} did not reach {want}")
-                time.sleep(0.001)
+            (self._freeze_v1 if on else self._thaw_v1)(d, time.monotonic() + timeout)
+            return
         d2 = self.v2_dir()
         if d2 is None or not (d2 / "cgroup.freeze").exists():
             raise RuntimeFailure(f"no freezer for cgroup {self.path}")
         _write(d2 / "cgroup.freeze", "1" if on else "0")
+        deadline = time.monotonic() + timeout
         while f"frozen {int(on)}" not in (d2 / "cgroup.events").read_text():
             if time.monotonic() > deadline:
+                if on:
+                    _write(d2 / "cgroup.freeze", "0")
                 raise RuntimeFailure(f"cgroup {self.path} did not {'freeze' if on else 'thaw'}")
+            time.sleep(0.001)
+
+    @staticmethod
+    def _freeze_v1(d: Path, deadline: float) -> None:
+        """A task in an unfreezable wait (a threaded process in the middle of execve waits
+        for its other, already frozen threads) keeps v1 in FREEZING forever. So: try for a
+        while, thaw to let it make progress, try again; never leave it FREEZING (runc's
+        retry loop does the same)."""
+        state = d / "freezer.state"
+        while True:
+            _write(state, "FROZEN")
+            for _ in range(50):
+                if state.read_text().strip() == "FROZEN":
+                    return
+                time.sleep(0.001)
+            _write(state, "THAWED")
+            if time.monotonic() > deadline:
+                raise RuntimeFailure(f"cgroup {d} could not be frozen")
+            time.sleep(0.005)
+
+    @staticmethod
+    def _thaw_v1(d: Path, deadline: float) -> None:
+        state = d / "freezer.state"
+        _write(state, "THAWED")
+        while state.read_text().strip() != "THAWED":
+            if time.monotonic() > deadline:
+                raise RuntimeFailure(f"cgroup {d} could not be thawed")
+            _write(state, "THAWED")
             time.sleep(0.001)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -247,6 +271,8 @@ class Cgroup:
         d2 = self.v2_dir()
         if sig == signal.SIGKILL and d2 is not None and (d2 / "cgroup.kill").exists():
             _write(d2 / "cgroup.kill", "1")
+            if self.frozen():  # a v1-frozen task does not die of SIGKILL until thawed
+                self.thaw()
             return
         was_frozen = self.frozen()
         if not was_frozen:

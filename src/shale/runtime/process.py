@@ -134,7 +134,7 @@ def prepare(proc: dict[str, Any], seccomp_bpf: bytes | None) -> tuple[str, list[
     return lookup(args[0], env), env
 
 
-def _reset_signals() -> None:
+def reset_signals() -> None:
     """Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive execve: a container's
     ``yes | head`` would never die of SIGPIPE. Restore every default and unblock all."""
     for sig in signal.valid_signals():
@@ -152,7 +152,7 @@ def execute(path: str, args: list[str], env: list[str], err_fd: int) -> NoReturn
     """execve; on failure write ``error CODE MESSAGE`` to ``err_fd`` (close-on-exec, so
     the reader sees EOF exactly when execve succeeded) and exit."""
     linux.close_range_cloexec(3)
-    _reset_signals()
+    reset_signals()
     environ: dict[str, str] = {}
     for item in env:
         key, sep, value = item.partition("=")

@@ -18,6 +18,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from shale.errors import Unsupported
+
 # moby default_linux.go, the unconditional allow group (kernel >= 4.8 adds ptrace & co).
 _ALLOW = """
 accept accept4 access adjtimex alarm bind brk capget capset chdir chmod chown chown32
@@ -170,7 +172,11 @@ def _action(sc: Any, name: str, errno: int | None) -> int:
 
 
 def _build(profile: dict[str, Any]) -> bytes:
-    import pyseccomp as sc  # type: ignore[import-untyped]  # no stubs; lazily: 15-25 ms
+    try:
+        import pyseccomp as sc  # type: ignore[import-untyped]  # no stubs; lazily: 15-25 ms
+    except ImportError:
+        raise Unsupported("a seccomp profile needs pyseccomp and libseccomp (pip install "
+                          "pyseccomp), or run with --security-opt seccomp=unconfined") from None
 
     default = _action(sc, profile["defaultAction"], profile.get("defaultErrnoRet"))
     filt = sc.SyscallFilter(default)

@@ -1,0 +1,263 @@
+"""A container's life through both runtimes: stop (timeout, trap, --init), kill, restart
+policies, --rm, start/attach/wait/restart/pause/rename/prune, and crashes: kill -9 of the
+attached CLI (the container goes on, its exit code is kept) and of the monitor (the
+container shows as exited, its mounts and processes are cleaned by the next command).
+
+Real containers (root), overlay storage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from container_fixtures import Shale, needs_root
+from container_fixtures import bb_tar, sh1, shale  # noqa: F401 (fixtures)
+
+pytestmark = needs_root
+
+TRAP = "trap 'exit 143' TERM; while true; do sleep 0.1; done"
+
+
+def _timed(sh: Shale, *args: str) -> float:
+    t = time.monotonic()
+    sh.ok(*args)
+    return time.monotonic() - t
+
+
+def _cgroup_exists(cid: str) -> bool:
+    return any(Path(base, "shale", cid).exists()
+               for base in ("/sys/fs/cgroup", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified",
+                            "/sys/fs/cgroup/memory", "/sys/fs/cgroup/freezer"))
+
+
+# ------------------------------------------------------------------------ stop / kill
+def test_stop_waits_the_timeout_then_kills(shale: Shale) -> None:
+    """PID 1 without a TERM handler ignores SIGTERM: stop -t 2 waits 2 s, then 137."""
+    cid = shale.detach("bb", "sleep", "60")
+    took = _timed(shale, "stop", "-t", "2", cid)
+    assert 2.0 <= took < 4.5, took
+    st = shale.state(cid)
+    assert (st["Status"], st["ExitCode"], st["Running"]) == ("exited", 137, False)
+    assert shale.mounts() == []
+
+
+def test_stop_trap_and_init(shale: Shale) -> None:
+    trap = shale.detach("bb", "sh", "-c", TRAP)
+    init = shale.detach("--init", "bb", "sleep", "60")
+    assert shale.proc("exec", init, "cat", "/proc/1/cmdline").stdout.split("\0")[:3] == \
+        ["/sbin/docker-init", "--", "sleep"]
+    took = _timed(shale, "stop", trap, init)
+    assert took < 3.0, took
+    assert shale.state(trap)["ExitCode"] == 143
+    assert shale.state(init)["ExitCode"] == 143  # tini passes SIGTERM on, sleep dies of it
+    # --stop-signal / --stop-timeout are the container's defaults for stop
+    usr = shale.detach("--stop-signal", "USR1", "--stop-timeout", "1", "bb", "sh", "-c",
+                       "trap 'exit 10' USR1; while true; do sleep 0.1; done")
+    assert _timed(shale, "stop", usr) < 2.0
+    assert shale.state(usr)["ExitCode"] == 10
+    slow = shale.detach("--stop-timeout", "1", "bb", "sleep", "60")
+    took = _timed(shale, "stop", slow)
+    assert 1.0 <= took < 3.0 and shale.state(slow)["ExitCode"] == 137
+    assert shale.ok("stop", slow) == slow + "\n"  # stopping a stopped container: fine
+
+
+def test_kill(shale: Shale) -> None:
+    cid = shale.detach("bb", "sh", "-c", "trap 'echo usr1' USR1; trap 'exit 7' HUP;"
+                       "while true; do sleep 0.1; done")
+    shale.ok("kill", "-s", "USR1", cid)
+    end = time.monotonic() + 10
+    while shale.ok("logs", cid) != "usr1\n":
+        assert time.monotonic() < end
+        time.sleep(0.05)
+    shale.ok("kill", "-s", "SIGHUP", cid)
+    st = shale.wait_status(cid, "exited")
+    assert st["ExitCode"] == 7
+    assert shale.ok("logs", cid) == "usr1\n"
+    cid = shale.detach("--init", "bb", "sleep", "60")
+    shale.ok("kill", cid)
+    assert shale.wait_status(cid, "exited")["ExitCode"] == 137
+    res = shale("kill", cid)
+    assert res.code == 1 and "is not running" in res.err
+    res = shale("kill", "-s", "NOSUCH", cid)
+    assert res.code != 0 and "Invalid signal" in res.err
+
+
+# ---------------------------------------------------------------------------- restart
+def test_restart_on_failure(shale: Shale) -> None:
+    cid = shale.detach("--restart", "on-failure:2", "bb", "sh", "-c", "echo run; exit 1")
+    end = time.monotonic() + 20
+    while shale.inspect(cid)["RestartCount"] < 2 or shale.state(cid)["Status"] != "exited":
+        assert time.monotonic() < end, shale.inspect(cid)
+        time.sleep(0.1)
+    time.sleep(0.5)
+    info = shale.inspect(cid)
+    assert info["RestartCount"] == 2 and info["State"]["ExitCode"] == 1
+    assert info["State"]["Status"] == "exited"
+    assert shale.ok("logs", cid) == "run\nrun\nrun\n"
+    # on-failure: a clean exit is not restarted
+    ok = shale.detach("--restart", "on-failure", "bb", "true")
+    shale.wait_status(ok, "exited")
+    time.sleep(0.3)
+    assert shale.inspect(ok)["RestartCount"] == 0
+
+
+def test_restart_always_until_stopped_or_killed(sh1: Shale) -> None:
+    sh = sh1
+    for verb in ("stop", "kill"):
+        cid = sh.detach("--restart", "always", "bb", "sh", "-c", "echo up; sleep 0.2")
+        end = time.monotonic() + 20
+        while sh.inspect(cid)["RestartCount"] < 2:
+            assert time.monotonic() < end
+            time.sleep(0.1)
+        sh.ok(verb, cid)
+        st = sh.wait_status(cid, "exited")
+        count = sh.inspect(cid)["RestartCount"]
+        time.sleep(1.0)
+        assert sh.inspect(cid)["RestartCount"] == count, f"restarted after {verb}"
+        assert sh.state(cid)["Status"] == "exited", st
+    res = sh("run", "--rm", "--restart", "always", "bb", "true")
+    assert res.code == 125 and "Conflicting options" in res.err
+
+
+# ------------------------------------------------------------------------- --rm / rm
+def test_autoremove_and_rm(shale: Shale) -> None:
+    assert shale("run", "--rm", "bb", "sh", "-c", "exit 4").code == 4
+    cid = shale.detach("--rm", "bb", "sh", "-c", "sleep 0.3")
+    end = time.monotonic() + 20
+    while cid in shale.ids():
+        assert time.monotonic() < end, "run -d --rm: not removed after exit"
+        time.sleep(0.1)
+    assert shale.ids() == []
+    # rm of a running container is refused; rm -f kills it; nothing stays behind
+    cid = shale.detach("bb", "sleep", "60")
+    res = shale("rm", cid)
+    assert res.code == 1 and "cannot remove a running container" in res.err
+    assert _cgroup_exists(cid)
+    assert shale.ok("rm", "-f", cid) == cid + "\n"
+    assert shale.ids() == [] and shale.mounts() == []
+    assert not (shale.root / "containers" / cid).exists()
+    assert not _cgroup_exists(cid)
+    res = shale("rm", "nosuch")
+    assert res.code == 1 and "No such container: nosuch" in res.err
+
+
+# ------------------------------------------------------- start / attach / wait / misc
+def test_create_start_attach_wait(shale: Shale) -> None:
+    cid = shale.ok("create", "--name", "c1", "bb", "sh", "-c", "echo hello; exit 6").strip()
+    assert shale.state(cid)["Status"] == "created"
+    assert shale.mounts() == [], "create mounts nothing"
+    res = shale.proc("start", "-a", "c1")
+    assert (res.returncode, res.stdout) == (6, "hello\n"), res
+    assert shale.ok("start", "c1") == "c1\n"
+    assert shale.ok("wait", "c1") == "6\n"
+    assert shale.ok("logs", "c1") == "hello\nhello\n"
+    # attach to a running container: its output from then on, and its exit code
+    cid = shale.detach("bb", "sh", "-c", "sleep 0.5; echo late; exit 5")
+    res = shale.proc("attach", cid)
+    assert (res.returncode, res.stdout) == (5, "late\n"), res
+    res = shale("attach", cid)
+    assert res.code != 0 and "stopped container" in res.err
+    # start -ai feeds stdin
+    shale.ok("create", "-i", "--name", "c2", "bb", "sh", "-c", "read x; echo got $x")
+    res = shale.proc("start", "-ai", "c2", stdin=b"line\n")
+    assert (res.returncode, res.stdout) == (0, "got line\n"), res
+    out = shale.ok("wait", "c1", "c2")
+    assert out == "6\n0\n"
+
+
+def test_restart_pause_rename_top_prune(sh1: Shale) -> None:
+    sh = sh1
+    cid = sh.detach("--name", "p1", "bb", "sh", "-c",
+                    "while true; do date +%s%N >> /tmp/t; sleep 0.05; done")
+    sh.ok("pause", "p1")
+    st = sh.state("p1")
+    assert (st["Status"], st["Paused"], st["Running"]) == ("paused", True, True)
+    assert sh.ok("ps", "--format", "{{.Status}}").strip().endswith("(Paused)")
+    res = sh.proc("exec", "p1", "true")
+    assert res.returncode == 1 and "paused" in res.stderr
+    written = sh.root / "containers" / cid / "bundle" / "rootfs" / "tmp" / "t"
+    n1 = len(written.read_text().splitlines())
+    time.sleep(0.3)
+    assert len(written.read_text().splitlines()) == n1, "a paused container does not run"
+    sh.ok("unpause", "p1")
+    assert sh.state("p1")["Status"] == "running"
+    top = sh.ok("top", "p1")
+    assert top.splitlines()[0].split()[:2] == ["UID", "PID"]
+    assert "while true" in top
+    pid = sh.state("p1")["Pid"]
+    sh.ok("rename", "p1", "p2")
+    assert sh.inspect(cid)["Name"] == "/p2"
+    assert sh("rename", "p2", "bad name!").code != 0
+    sh.ok("restart", "-t", "0", "p2")
+    st = sh.state("p2")
+    assert st["Running"] is True and st["Pid"] != pid
+    stopped = sh.ok("create", "bb", "true").strip()
+    out = sh.ok("container", "prune", "-f")
+    assert out.startswith("Deleted Containers:\n" + stopped + "\n")
+    assert sh.ids() == [cid]
+
+
+# -------------------------------------------------------------------------- crashes
+def test_kill9_of_attached_cli_keeps_the_container(shale: Shale) -> None:
+    p = shale.popen("run", "--name", "k1", "bb", "sh", "-c",
+                    "echo started; sleep 1.5; echo finished; exit 7")
+    assert p.stdout is not None and p.stdout.readline() == b"started\n"
+    p.kill()
+    p.wait(10)
+    assert shale.state("k1")["Running"] is True
+    assert shale.ok("wait", "k1") == "7\n"
+    assert shale.ok("logs", "k1") == "started\nfinished\n"
+    st = shale.state("k1")
+    assert (st["Status"], st["ExitCode"]) == ("exited", 7)
+    assert shale.mounts() == []
+    # an attached --rm run whose CLI died: the monitor removes the container itself
+    p = shale.popen("run", "--rm", "--name", "k2", "bb", "sh", "-c", "echo go; sleep 0.5")
+    assert p.stdout is not None and p.stdout.readline() == b"go\n"
+    p.kill()
+    p.wait(10)
+    end = time.monotonic() + 20
+    while "k2" in shale.ok("ps", "-a", "--format", "{{.Names}}").split():
+        assert time.monotonic() < end, "attached --rm container not removed"
+        time.sleep(0.1)
+
+
+def test_kill9_of_the_monitor(shale: Shale) -> None:
+    cid = shale.detach("bb", "sleep", "60")
+    st = json.loads((shale.root / "containers" / cid / "state.json").read_text())
+    monitor, pid = st["MonitorPid"], st["Pid"]
+    assert monitor > 0 and pid > 0 and shale.mounts() != []
+    os.kill(monitor, signal.SIGKILL)
+    end = time.monotonic() + 10
+    while os.path.exists(f"/proc/{monitor}") and \
+            "zombie" not in Path(f"/proc/{monitor}/status").read_text().lower():
+        assert time.monotonic() < end
+        time.sleep(0.02)
+    # the next command sees it exited, cleans its mounts and its processes
+    ps = shale.ok("ps", "-a", "--format", "{{.ID}} {{.Status}}")
+    assert ps.startswith(f"{cid[:12]} Exited (137) "), ps
+    assert "ago" in ps and "years" not in ps
+    assert shale.mounts() == []
+    st = shale.state(cid)
+    assert (st["Status"], st["Running"], st["ExitCode"]) == ("exited", False, 137)
+    assert st["FinishedAt"] != "0001-01-01T00:00:00Z"
+    end = time.monotonic() + 10
+    while _alive(pid):
+        assert time.monotonic() < end, "the container's process outlived its monitor"
+        time.sleep(0.05)
+    # and it starts again
+    shale.ok("start", cid)
+    assert shale.state(cid)["Running"] is True
+    shale.ok("rm", "-f", cid)
+    assert shale.mounts() == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\nState:\tZ" not in f.read()
+    except FileNotFoundError:
+        return False
