@@ -553,6 +553,7 @@ class Bench:
         self.podman = Podman(self.work) if not args.no_podman else None
         if self.podman and not self.podman.ok:
             self.podman = None
+        self.podman_store = self.podman  # cleaned up even if its column is dropped
         self.table = Table()
         self.bb_tar: Path | None = None
         self.extra_roots: list[Path] = []
@@ -925,8 +926,8 @@ class Bench:
         for root in [self.shale.root, *self.extra_roots]:
             problems += self.shale.cleanup(root)
         self.docker.cleanup()
-        if self.podman:
-            self.podman.cleanup()
+        if self.podman_store:
+            self.podman_store.cleanup()
         for p in problems:
             self.table.problem(p)
         if self.args.keep:

@@ -203,11 +203,10 @@ def test_restart_pause_rename_top_prune(sh1: Shale) -> None:
 
 # -------------------------------------------------------------------------- crashes
 def test_kill9_of_attached_cli_keeps_the_container(shale: Shale) -> None:
-    p = shale.popen("run", "--name", "k1", "bb", "sh", "-c",
-                    "echo started; sleep 1.5; echo finished; exit 7")
-    assert p.stdout is not None and p.stdout.readline() == b"started\n"
-    p.kill()
-    p.wait(10)
+    with shale.popen("run", "--name", "k1", "bb", "sh", "-c",
+                     "echo started; sleep 1.5; echo finished; exit 7") as p:
+        assert p.stdout is not None and p.stdout.readline() == b"started\n"
+        p.kill()
     assert shale.state("k1")["Running"] is True
     assert shale.ok("wait", "k1") == "7\n"
     assert shale.ok("logs", "k1") == "started\nfinished\n"
@@ -215,10 +214,10 @@ def test_kill9_of_attached_cli_keeps_the_container(shale: Shale) -> None:
     assert (st["Status"], st["ExitCode"]) == ("exited", 7)
     assert shale.mounts() == []
     # an attached --rm run whose CLI died: the monitor removes the container itself
-    p = shale.popen("run", "--rm", "--name", "k2", "bb", "sh", "-c", "echo go; sleep 0.5")
-    assert p.stdout is not None and p.stdout.readline() == b"go\n"
-    p.kill()
-    p.wait(10)
+    with shale.popen("run", "--rm", "--name", "k2", "bb", "sh", "-c",
+                     "echo go; sleep 0.5") as p:
+        assert p.stdout is not None and p.stdout.readline() == b"go\n"
+        p.kill()
     end = time.monotonic() + 20
     while "k2" in shale.ok("ps", "-a", "--format", "{{.Names}}").split():
         assert time.monotonic() < end, "attached --rm container not removed"

@@ -46,10 +46,11 @@ def _subreaper() -> Iterator[None]:
 
     become_subreaper()
     yield
-    layout = Cgroup(f"/{CGROUP_PARENT}/x").layout
-    for mnt in [*layout.v1.values(), *([layout.unified] if layout.unified else [])]:
+    # runc makes the parent in every hierarchy, named ones (name=systemd) included
+    for parent in [*Path("/sys/fs/cgroup").glob(f"*/{CGROUP_PARENT}"),
+                   Path("/sys/fs/cgroup", CGROUP_PARENT)]:
         with contextlib.suppress(OSError):
-            Path(mnt, CGROUP_PARENT).rmdir()
+            parent.rmdir()
 
 
 @pytest.fixture(scope="session")

@@ -284,7 +284,14 @@ def kill(engine: Engine, c: Container, sig: int) -> None:
     from shale.runtime import get_runtime
 
     rt = get_runtime(c.host_config.get("Runtime") or "builtin", engine.root / "runtime")
-    rt.kill(c.id, sig, all=sig == 9)
+    try:
+        rt.kill(c.id, sig, all=sig == 9)
+    except OSError:
+        # the container exited meanwhile and its monitor removed the cgroup under us
+        if store.state(c).Running:
+            raise
+        raise Conflict(f"Cannot kill container: {c.id[:12]}: Container {c.id} is not "
+                       "running") from None
 
 
 def stop(engine: Engine, c: Container, timeout: int | None = None) -> None:

@@ -227,7 +227,14 @@ class Monitor:
                            self.root / "runtime")
 
     def _oom_killed(self, rt: Any) -> bool:
-        return bool(self.c.dir.joinpath("oom").exists())
+        """The kernel's OOM-kill counter of the container's cgroup (read before the
+        runtime's delete removes the cgroup)."""
+        try:
+            from shale.runtime.cgroups import oom_killed
+
+            return bool(oom_killed(self.c.id))
+        except Exception:
+            return False
 
     def _create(self, rt: Any) -> tuple[int, dict[str, int]]:
         """Make the container's stdio and create it. Returns (pid, fds to pump)."""
