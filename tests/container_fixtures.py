@@ -3,8 +3,9 @@ test_container_fs): a fresh data root with one storage driver and one runtime, t
 image imported into it, and shale run in-process (fast) or as a child process (exec, tty,
 signals, kills).
 
-A test module imports the fixtures it uses (``from container_fixtures import bb_tar,
-shale  # noqa: F401``) so pytest finds them.
+A test module imports the fixtures it uses, by their function names (``from
+container_fixtures import bb_tar_fixture, shale_fixture  # noqa: F401``): pytest registers
+them under their ``name=`` (``bb_tar``, ``shale``), so test arguments shadow nothing.
 
 ``bb`` is a busybox rootfs (conftest's, every applet a symlink) plus an ``app`` user with a
 home, a ``/usr/local/tomcat/webapps`` tree (the seed 004 scenario) and a ``/data`` directory
@@ -14,7 +15,6 @@ monitor, mount or cgroup outlives its test.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -61,8 +61,8 @@ def bb_entries() -> list[Entry]:
     return entries
 
 
-@pytest.fixture(scope="session")
-def bb_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="session", name="bb_tar")
+def bb_tar_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not os.path.exists("/bin/busybox"):
         pytest.skip("busybox-static is not installed")
     path = tmp_path_factory.mktemp("bb") / "bb.tar"
@@ -160,28 +160,30 @@ def _make(root: Path, bb_tar: Path, driver: str, runtime: str) -> Iterator[Shale
         sh.cleanup()
 
 
-@pytest.fixture(params=RUNTIMES)
-def shale(request: pytest.FixtureRequest, root: Path, bb_tar: Path) -> Iterator[Shale]:
+@pytest.fixture(params=RUNTIMES, name="shale")
+def shale_fixture(request: pytest.FixtureRequest, root: Path, bb_tar: Path) -> Iterator[Shale]:
     """Overlay storage, each runtime: for what the runtime does (run, exec, stop...)."""
     yield from _make(root, bb_tar, "overlay", request.param)
 
 
-@pytest.fixture(params=DRIVERS)
-def layered(request: pytest.FixtureRequest, root: Path, bb_tar: Path) -> Iterator[Shale]:
+@pytest.fixture(params=DRIVERS, name="layered")
+def layered_fixture(request: pytest.FixtureRequest, root: Path, bb_tar: Path) -> Iterator[Shale]:
     """Builtin runtime, each storage driver: for what the layers do (diff, commit, cp)."""
     yield from _make(root, bb_tar, request.param, "builtin")
 
 
-@pytest.fixture
-def sh1(root: Path, bb_tar: Path) -> Iterator[Shale]:
+@pytest.fixture(name="sh1")
+def sh1_fixture(root: Path, bb_tar: Path) -> Iterator[Shale]:
     """One configuration (overlay, builtin) for engine-side behaviour."""
     yield from _make(root, bb_tar, "overlay", "builtin")
 
 
 def pty_run(argv: list[str], *, rows: int = 24, cols: int = 80, send: bytes = b"",
-            send_when: bytes = b"", timeout: float = 30) -> tuple[int, bytes]:
-    """Run ``argv`` on a new pty of the given size; type ``send`` into it once its output
-    contains ``send_when``; return (exit code, everything it printed)."""
+            send_when: bytes = b"", resize: tuple[int, int] | None = None,
+            timeout: float = 30) -> tuple[int, bytes]:
+    """Run ``argv`` on a new pty of the given size; once its output contains ``send_when``,
+    resize the terminal to ``resize`` (the kernel sends SIGWINCH) and type ``send``; return
+    (exit code, everything it printed)."""
     import fcntl
     import pty
     import select
@@ -201,6 +203,9 @@ def pty_run(argv: list[str], *, rows: int = 24, cols: int = 80, send: bytes = b"
     try:
         while True:
             if not sent and send_when in out:
+                if resize:
+                    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", *resize, 0, 0))
+                    time.sleep(0.3)  # let the SIGWINCH travel before the keystrokes
                 os.write(fd, send)
                 sent = True
             left = timeout - (time.monotonic() - start)

@@ -20,8 +20,15 @@ from pathlib import Path
 
 import pytest
 from conftest import Cli, docker_available
-from test_build_support import Link, Spec, config_fields, flatten, make_busybox, tree_diff, \
-    write_context
+from test_build_support import (
+    Link,
+    Spec,
+    config_fields,
+    flatten,
+    make_busybox,
+    tree_diff,
+    write_context,
+)
 
 pytestmark = [
     pytest.mark.docker,

@@ -18,8 +18,16 @@ from pathlib import Path
 
 import pytest
 from conftest import Docker
-from container_fixtures import WEBAPPS, Shale, needs_root, pty_run
-from container_fixtures import bb_tar, layered, sh1  # noqa: F401 (fixtures)
+from container_fixtures import (  # noqa: F401 (fixtures)
+    WEBAPPS,
+    Shale,
+    bb_tar_fixture,
+    layered_fixture,
+    needs_root,
+    pty_run,
+    sh1_fixture,
+)
+
 pytestmark = needs_root
 
 STUBS = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/etc/mtab", "/dev", "/proc",
@@ -371,20 +379,22 @@ def test_volumes_named_anonymous_bind(layered: Shale, tmp_path: Path) -> None:
 def test_rmi_refused_while_a_container_uses_the_image(sh1: Shale) -> None:
     sh = sh1
     iid = json.loads(sh.ok("inspect", "bb"))[0]["Id"]
-    cid = sh.ok("create", "bb", "true").strip()
-    res = sh("rmi", "bb")
+    sh.ok("tag", "bb", "shaletest-img")  # "bb" alone could be taken for an ID prefix
+    sh.ok("rmi", "bb")
+    cid = sh.ok("create", "shaletest-img", "true").strip()
+    res = sh("rmi", "shaletest-img")
     assert res.code == 1
-    assert res.err == (f'Error: conflict: unable to remove repository reference "bb" (must '
-                       f"force) - container {cid[:12]} is using its referenced image "
-                       f"{iid[7:19]}\n")
+    assert res.err == ('Error: conflict: unable to remove repository reference '
+                       f'"shaletest-img" (must force) - container {cid[:12]} is using its '
+                       f"referenced image {iid[7:19]}\n")
     res = sh("rmi", iid)
     assert res.code == 1 and "image is being used by stopped container" in res.err
     assert sh.ok("images", "-q") == iid[7:19] + "\n"
     sh.ok("start", cid)
     sh.ok("wait", cid)
-    run = sh.detach("bb", "sleep", "60")
+    run = sh.detach("shaletest-img", "sleep", "60")
     res = sh("rmi", "-f", iid)
     assert res.code == 1 and "(cannot be forced) - image is being used by running " \
         f"container {run[:12]}" in res.err
     sh.ok("rm", "-f", cid, run)
-    assert "Deleted: " + iid in sh.ok("rmi", "bb")
+    assert "Deleted: " + iid in sh.ok("rmi", "shaletest-img")

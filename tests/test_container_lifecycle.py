@@ -14,8 +14,13 @@ import signal
 import time
 from pathlib import Path
 
-from container_fixtures import Shale, needs_root
-from container_fixtures import bb_tar, sh1, shale  # noqa: F401 (fixtures)
+from container_fixtures import (  # noqa: F401 (fixtures)
+    Shale,
+    bb_tar_fixture,
+    needs_root,
+    sh1_fixture,
+    shale_fixture,
+)
 
 pytestmark = needs_root
 
@@ -195,6 +200,12 @@ def test_restart_pause_rename_top_prune(sh1: Shale) -> None:
     sh.ok("restart", "-t", "0", "p2")
     st = sh.state("p2")
     assert st["Running"] is True and st["Pid"] != pid
+    # stop of a paused container: signalled and thawed (docker), not a timeout and 137
+    trap = sh.detach("bb", "sh", "-c", TRAP)
+    sh.ok("pause", trap)
+    took = _timed(sh, "stop", "-t", "10", trap)
+    assert took < 5 and sh.state(trap)["ExitCode"] == 143, took
+    sh.ok("rm", trap)
     stopped = sh.ok("create", "bb", "true").strip()
     out = sh.ok("container", "prune", "-f")
     assert out.startswith("Deleted Containers:\n" + stopped + "\n")

@@ -19,8 +19,14 @@ from pathlib import Path
 
 import pytest
 from conftest import Docker
-from container_fixtures import Shale, needs_root, pty_run
-from container_fixtures import bb_tar, sh1, shale  # noqa: F401 (fixtures)
+from container_fixtures import (  # noqa: F401 (fixtures)
+    Shale,
+    bb_tar_fixture,
+    needs_root,
+    pty_run,
+    sh1_fixture,
+    shale_fixture,
+)
 
 pytestmark = needs_root
 
@@ -39,10 +45,13 @@ EXIT_CASES = [
     (["--bogus-flag", "bb", "true"], 125),
     (["nosuchimage", "true"], 125),
     (["--restart", "sometimes", "bb", "true"], 125),
+    (["-w", "relative", "bb", "true"], 125),
+    (["--name", "taken", "bb", "true"], 125),  # the test makes "taken" first
 ]
 
 
 def test_exit_codes(shale: Shale) -> None:
+    shale.ok("create", "--name", "taken", "bb", "true")
     for args, code in EXIT_CASES:
         res = shale("run", "--rm", *args)
         assert res.code == code, (args, res)
@@ -50,7 +59,8 @@ def test_exit_codes(shale: Shale) -> None:
             assert res.err.startswith("Error: ") and res.err.count("\n") <= 2, res.err
     assert shale.ok("run", "--rm", "bb", "sh", "-c", "kill -9 $$; echo survived") == \
         "survived\n"
-    assert shale.ok("ps", "-aq") == "", "--rm removes containers that failed to start too"
+    assert shale.ok("ps", "-aq", "--no-trunc") == shale.inspect("taken")["Id"] + "\n", \
+        "--rm removes containers that failed to start too"
     # without --rm a container that could not start stays, Created, with its error
     res = shale("run", "--name", "nf", "bb", "nosuch")
     assert res.code == 127 and 'exec: "nosuch": executable file not found' in res.err
@@ -62,14 +72,20 @@ def test_exit_codes(shale: Shale) -> None:
 @pytest.mark.docker
 def test_exit_codes_match_docker(sh1: Shale, docker: Docker) -> None:
     ref = f"shaletest-ctr-{uuid.uuid4().hex[:10]}:1"
+    name = f"shaletest-taken-{uuid.uuid4().hex[:10]}"
     sh1.ok("tag", "bb", ref)
     docker.track(ref)
     docker("load", stdin=sh1.cli.binary("save", ref)[1])
-    for args, code in EXIT_CASES:
-        args = [ref if a == "bb" else a for a in args]
-        mine = sh1("run", "--rm", *args).code
-        theirs = docker("run", "--rm", *args, check=False).returncode
-        assert (args, mine) == (args, theirs) == (args, code)
+    sh1.ok("create", "--name", name, ref, "true")
+    docker("create", "--name", name, ref, "true")
+    try:
+        for args, code in EXIT_CASES:
+            args = [{"bb": ref, "taken": name}.get(a, a) for a in args]
+            mine = sh1("run", "--rm", *args).code
+            theirs = docker("run", "--rm", *args, check=False).returncode
+            assert (args, mine) == (args, theirs) == (args, code)
+    finally:
+        docker("rm", "-f", name, check=False)
 
 
 def test_stdout_stderr_and_stdin(shale: Shale) -> None:
@@ -96,12 +112,13 @@ def test_stdout_stderr_and_stdin(shale: Shale) -> None:
 def test_tty(shale: Shale) -> None:
     code, out = pty_run([*shale.argv, "run", "--runtime", shale.runtime, "-it", "--rm", "bb",
                          "sh", "-c", "tty; echo $TERM; stty size; echo err >&2; read x;"
-                         " echo got $x; exit 4"], rows=33, cols=111, send=b"abc\r",
-                        send_when=b"err")
+                         " echo got $x; stty size; exit 4"], rows=33, cols=111,
+                        send=b"abc\r", send_when=b"err", resize=(50, 132))
     assert code == 4, out
     lines = out.decode().split("\r\n")
+    # the size is the terminal's from the first instruction on, and follows it
     assert lines[:4] == ["/dev/pts/0", "xterm", "33 111", "err"], out
-    assert "got abc" in lines, out
+    assert lines[-3:] == ["got abc", "50 132", ""], out
     # -t alone: output through the pty, \r\n line ends, stderr merged
     res = shale.proc("run", "--rm", "-t", "bb", "sh", "-c", "tty; echo e >&2")
     assert (res.returncode, res.stdout, res.stderr) == (0, "/dev/pts/0\r\ne\r\n", ""), res
@@ -109,10 +126,10 @@ def test_tty(shale: Shale) -> None:
 
 def test_tty_exec_and_ctrl_c(shale: Shale) -> None:
     cid = shale.detach("-t", "bb", "sleep", "60")
-    code, out = pty_run([*shale.argv, "exec", "-it", cid, "sh", "-c", "tty; echo $TERM"],
-                        rows=10, cols=20)
+    code, out = pty_run([*shale.argv, "exec", "-it", cid, "sh", "-c",
+                         "tty; echo $TERM; stty size"], rows=10, cols=20)
     assert code == 0, out
-    assert re.fullmatch(rb"/dev/pts/\d+\r\nxterm\r\n", out), out
+    assert re.fullmatch(rb"/dev/pts/\d+\r\nxterm\r\n10 20\r\n", out), out
     # Ctrl-C typed on an -it run reaches the container through its tty
     code, out = pty_run([*shale.argv, "run", "--runtime", shale.runtime, "-it", "--rm", "bb",
                          "sh", "-c", "trap 'echo caught; exit 9' INT; echo ready; "
@@ -140,8 +157,8 @@ def test_env_defaults(shale: Shale, tmp_path: Path) -> None:
     os.environ["SHALE_TEST_PASS"] = "passed"
     try:
         out = shale.ok("run", "--rm", "--env-file", str(envfile), "-e", "A=b c",
-                       "-e", "SHALE_TEST_PASS", "-e", "SHALE_TEST_UNSET", "-e", "PATH=/bin:/usr/bin",
-                       "-h", "myhost", "bb", "env")
+                       "-e", "SHALE_TEST_PASS", "-e", "SHALE_TEST_UNSET",
+                       "-e", "PATH=/bin:/usr/bin", "-h", "myhost", "bb", "env")
     finally:
         del os.environ["SHALE_TEST_PASS"]
     env = out.splitlines()

@@ -113,6 +113,9 @@ def create(engine: Engine, opts: RunOptions) -> Container:
 
     img = engine.image(opts.image)
     icfg = img.config.config
+    if opts.workdir and not opts.workdir.startswith("/"):
+        raise InvalidArgument(f"the working directory '{opts.workdir}' is invalid, it needs "
+                              "to be an absolute path")
     if opts.network not in ("default", "host", "none"):
         raise InvalidArgument(f'network {opts.network} not found (only "host" and "none" '
                               "exist until bridge networking is available)")
@@ -275,7 +278,8 @@ def kill(engine: Engine, c: Container, sig: int) -> None:
     if not st.Running and not st.Restarting:
         raise Conflict(f"Cannot kill container: {c.id[:12]}: Container {c.id} is not running")
     stop_sig = c.config.get("StopSignal")
-    if sig == 9 or not stop_sig or parse_signal(stop_sig) == sig:
+    exit_on_next = sig == 9 or not stop_sig or parse_signal(stop_sig) == sig
+    if exit_on_next:
         # docker's ExitOnNext: a container killed (or sent its stop signal) is not
         # restarted by its restart policy
         (c.dir / "stop-requested").touch()
@@ -292,6 +296,10 @@ def kill(engine: Engine, c: Container, sig: int) -> None:
             raise
         raise Conflict(f"Cannot kill container: {c.id[:12]}: Container {c.id} is not "
                        "running") from None
+    if exit_on_next and st.Paused:
+        # as docker: a paused container sent its stop signal is thawed so it can act on it
+        with contextlib.suppress(ShaleError, OSError):
+            set_paused(engine, c, False)
 
 
 def stop(engine: Engine, c: Container, timeout: int | None = None) -> None:

@@ -43,6 +43,14 @@ def _process(c_spec: dict[str, Any], rootfs: str, opts: ExecOptions) -> dict[str
     proc: dict[str, Any] = json.loads(json.dumps(c_spec["process"]))
     proc["args"] = opts.cmd
     proc["terminal"] = opts.tty
+    if opts.tty:
+        from shale.attach import terminal_size
+
+        size = terminal_size()
+        if size:  # the pty has the terminal's size before the command runs
+            proc["consoleSize"] = {"height": size[0], "width": size[1]}
+        else:
+            proc.pop("consoleSize", None)
     env = list(proc.get("env") or [])
     if opts.tty and not any(e.startswith("TERM=") for e in env):
         env.append("TERM=xterm")

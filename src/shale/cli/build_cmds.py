@@ -45,7 +45,7 @@ def _pairs(items: list[str]) -> dict[str, str | None]:
 
 def cmd_build(engine: Engine, ns: argparse.Namespace) -> int:
     from shale.build import Builder, BuildFailed, BuildOptions
-    from shale.build.context import Context, read_dockerfile
+    from shale.build.context import Context, dockerfile_path, read_dockerfile
     from shale.dockerfile import parse
     from shale.refs import Reference
 
@@ -59,19 +59,19 @@ def cmd_build(engine: Engine, ns: argparse.Namespace) -> int:
             raise InvalidArgument("invalid argument: can't use stdin for both build context "
                                   "and dockerfile")
         ctx = Context.from_tar(stdin, ns.file)
+        df_path: Path | None = dockerfile_path(ctx.root, ns.file, inside=True)
     else:
         root = Path(ns.context)
         if not root.is_dir():
             raise InvalidArgument(f"unable to prepare context: path {ns.context!r} not found")
-        df_path = None if ns.file == "-" else \
-            Path(ns.file) if ns.file and (Path(ns.file).is_absolute() or Path(ns.file).exists()
-                                          ) else root / (ns.file or "Dockerfile")
+        df_path = None if ns.file == "-" else dockerfile_path(root.absolute(), ns.file)
         ctx = Context.open(root, df_path)
     try:
-        text, path = read_dockerfile(ctx.root, ns.file, stdin)
-        df = parse(text, "Dockerfile" if path is None else path.name)
-        for w in df.warnings:
-            print(f"[WARNING]: {w}", file=sys.stderr)
+        df = parse(read_dockerfile(df_path, stdin),
+                   "Dockerfile" if df_path is None else df_path.name)
+        if not ns.quiet:  # in the build output, as docker's daemon streams them
+            for w in df.warnings:
+                print(f"[WARNING]: {w}")
         opts = BuildOptions(tags=ns.tag, build_args=_pairs(ns.build_arg), target=ns.target,
                             no_cache=ns.no_cache, quiet=ns.quiet,
                             labels={k: v or "" for k, v in _pairs(ns.label).items()},

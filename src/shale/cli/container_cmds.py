@@ -401,7 +401,6 @@ def cmd_container_prune(engine: Engine, ns: argparse.Namespace) -> int:
 def container_inspect(engine: Engine, c: Container) -> dict[str, Any]:
     from shale.cli.inspect_image import docker_config
     from shale.container_ops import state_json
-
     from shale.containers import read_state
 
     st = read_state(c)

@@ -124,21 +124,29 @@ def _options(ns: argparse.Namespace) -> Any:
         attach_stdio=not getattr(ns, "detach", False))
 
 
-def cmd_create(engine: Engine, ns: argparse.Namespace) -> int:
+def _create(engine: Engine, ns: argparse.Namespace) -> Container:
     from shale.container_ops import create
 
-    c = create(engine, _options(ns))
+    try:
+        return create(engine, _options(ns))
+    except ShaleError as e:
+        e.exit_code = 125  # docker: any engine error of run/create (a name conflict too)
+        raise
+
+
+def cmd_create(engine: Engine, ns: argparse.Namespace) -> int:
+    c = _create(engine, ns)
     print(c.id)
     return 0
 
 
 def cmd_run(engine: Engine, ns: argparse.Namespace) -> int:
-    from shale.container_ops import create, start
+    from shale.container_ops import start
     from shale.monitor import read_status
 
     if ns.tty and ns.interactive and not sys.stdin.isatty():
         raise InvalidArgument("the input device is not a TTY")
-    c = create(engine, _options(ns))
+    c = _create(engine, ns)
     if ns.detach:
         status = start(engine, c, attached=False)
         kind, code, msg = read_status(status)
