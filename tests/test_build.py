@@ -504,3 +504,21 @@ def test_run_mount_of_a_single_file(sh: Shale, tmp_path: Path) -> None:
     df = "FROM busybox\nRUN --mount=type=bind,source=f,target=/m cat /m > /copied\n"
     ok(build(sh, tmp_path, df, {"f": b"one file\n"}, "-t", "single"))
     assert cat(sh, "single", "/copied") == "one file\n"
+
+
+def test_platform_args_and_platform_flag(sh: Shale, tmp_path: Path) -> None:
+    # BuildKit's automatic platform args: global, imported into a stage by a bare ARG
+    df = ("FROM --platform=linux/amd64 busybox\nARG TARGETPLATFORM\nARG TARGETARCH\n"
+          "RUN echo \"$TARGETPLATFORM $TARGETARCH\" > /p\n")
+    ok(build(sh, tmp_path, df, {}, "-t", "plat", "--platform", "linux/amd64"))
+    assert cat(sh, "plat", "/p") == "linux/amd64 amd64\n"
+    res = build(sh, tmp_path, "FROM --platform=linux/s390x busybox\n", {})
+    assert res.code == 1 and "Dockerfile:1: platform linux/s390x is not supported" in res.err
+
+
+def test_explain_says_the_base_changed(sh: Shale, tmp_path: Path, base_tar: Path) -> None:
+    df = "FROM busybox\nRUN echo a > /a\n"
+    ok(build(sh, tmp_path, df, {}))
+    sh.ok("import", str(base_tar), "busybox")  # a new image under the same name
+    out = ok(sh("build", "--explain", str(tmp_path / "ctx")))
+    assert " ---> Cache miss: nothing was built on the base image busybox (" in out

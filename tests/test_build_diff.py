@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import Cli, docker_available
 from test_build_support import (
+    HardLink,
     Link,
     Spec,
     config_fields,
@@ -110,6 +111,19 @@ COPY a.txt rel/
                  "arch.tgz": b"", "arch.tar.bz2": b"", "arch.tar.xz": b"", "plain.tar": b"",
                  "notar.gz": b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xcb\xc8\x04\x00\xac"
                              b"\x2a\x93\xd8\x02\x00\x00\x00"}),
+    "copy-into-existing-dirs": Case("""\
+FROM @BASE@
+RUN mkdir -p /e1 /e2 /e3 /e4 /e5/sub && chown 5:5 /e1 /e2 /e3 /e4 /e5 /e5/sub \\
+ && chmod 700 /e1 /e2 /e3 /e4 /e5/sub
+COPY --chown=1000 d /e1/
+COPY d /e2/
+COPY --chown=1000 a.txt /e3/
+COPY a.txt /e4/
+COPY --chown=1000 d /e5/sub/new/
+COPY d /home/app
+COPY d /e2
+""",
+        context={"a.txt": b"a\n", "d/f": b"f\n", "d/g/": 0o750, "d/g/h": (b"h", 0o755)}),
     "dockerignore": Case("""\
 FROM @BASE@
 COPY . /ctx
@@ -202,7 +216,7 @@ COPY --chown=65534:65534 tree /p/tree
 RUN chmod -R go-rwx /p/tree && chown -h 1:1 /p/soft
 """,
         context={"tree/a": (b"a", 0o640), "tree/b/": 0o711, "tree/b/c": (b"c", 0o755),
-                 "tree/l": Link("a")}),
+                 "tree/l": Link("a"), "tree/z-hard": HardLink("tree/a")}),
     "parser-directives": Case("""\
 # syntax=docker/dockerfile:1
 # escape=`

@@ -27,9 +27,15 @@ class Link:
     target: str
 
 
-Spec = dict[str, "bytes | str | tuple[bytes, int] | int | Link"]
+@dataclass(frozen=True)
+class HardLink:
+    target: str  # a path in the same spec, written before this one
+
+
+Spec = dict[str, "bytes | str | tuple[bytes, int] | int | Link | HardLink"]
 """A context: ``"f": b"data"`` (0644), ``"f": (b"data", 0o755)``, ``"d/": 0o700`` (a
-directory), ``"l": Link("target")``; ``str`` values are encoded as UTF-8."""
+directory), ``"l": Link("target")``, ``"h": HardLink("f")``; ``str`` values are encoded
+as UTF-8."""
 
 
 def make_busybox(out: Path) -> Path:
@@ -52,6 +58,8 @@ def write_context(root: Path, spec: Spec) -> Path:
             os.chmod(path, value)
         elif isinstance(value, Link):
             path.symlink_to(value.target)
+        elif isinstance(value, HardLink):
+            os.link(root / value.target, path)
         else:
             data, mode = value if isinstance(value, tuple) else (value, 0o644)
             assert not isinstance(data, int)

@@ -329,6 +329,17 @@ def test_volumes_named_anonymous_bind(layered: Shale, tmp_path: Path) -> None:
     # an existing volume is never refilled, even on an image path with other content
     assert sh.ok("run", "--rm", "-v", "vol1:/usr/local/tomcat/webapps", "bb",
                  "ls", "/usr/local/tomcat/webapps").split() == ["more", "seed.txt"]
+    # cp into and out of a running container goes through its mounts, as docker's
+    cid = sh.detach("-v", "vol1:/data", "--tmpfs", "/scratch", "bb", "sleep", "60")
+    (tmp_path / "f").write_text("copied\n")
+    sh.ok("cp", str(tmp_path / "f"), f"{cid}:/data/copied")
+    assert sh.proc("exec", cid, "sh", "-c", "echo t > /scratch/t").returncode == 0
+    sh.ok("cp", f"{cid}:/scratch/t", str(tmp_path / "t"))
+    assert (tmp_path / "t").read_text() == "t\n"
+    assert sh.ok("diff", cid) == ""
+    sh.ok("rm", "-f", cid)
+    assert sh.ok("run", "--rm", "-v", "vol1:/data", "bb", "cat", "/data/copied") == "copied\n"
+    sh.ok("run", "--rm", "-v", "vol1:/data", "bb", "rm", "/data/copied")
     vol = json.loads(sh.ok("volume", "inspect", "vol1"))[0]
     assert (vol["Name"], vol["Driver"], vol["Scope"]) == ("vol1", "local", "local")
     assert Path(vol["Mountpoint"], "more").read_text() == "more\n"

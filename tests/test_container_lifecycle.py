@@ -172,6 +172,11 @@ def test_create_start_attach_wait(shale: Shale) -> None:
     assert (res.returncode, res.stdout) == (0, "got line\n"), res
     out = shale.ok("wait", "c1", "c2")
     assert out == "6\n0\n"
+    # a start that fails: exit 1 for start and start -a (docker), the error on stderr
+    shale.ok("create", "--name", "c3", "bb", "nosuch")
+    for args in (["start", "c3"], ["start", "-a", "c3"]):
+        res = shale.proc(*args)
+        assert res.returncode == 1 and 'exec: "nosuch"' in res.stderr, (args, res)
 
 
 def test_restart_pause_rename_top_prune(sh1: Shale) -> None:
@@ -210,6 +215,34 @@ def test_restart_pause_rename_top_prune(sh1: Shale) -> None:
     out = sh.ok("container", "prune", "-f")
     assert out.startswith("Deleted Containers:\n" + stopped + "\n")
     assert sh.ids() == [cid]
+
+
+def test_other_commands_never_unmount_a_starting_container(sh1: Shale) -> None:
+    """Every container verb first cleans what dead monitors left (unmounts): running
+    meanwhile, in a loop, it must never unmount the rootfs a start has just mounted."""
+    import threading
+
+    from shale.container_ops import cleanup_dead
+    from shale.engine import Engine
+
+    done = threading.Event()
+
+    def loop() -> None:
+        eng = Engine(sh1.root, driver=sh1.driver)
+        try:
+            while not done.is_set():
+                cleanup_dead(eng)
+        finally:
+            eng.close()
+
+    t = threading.Thread(target=loop)
+    t.start()
+    try:
+        for _ in range(10):
+            assert sh1("run", "--rm", "bb", "ls", "/bin/sh").out == "/bin/sh\n"
+    finally:
+        done.set()
+        t.join()
 
 
 # -------------------------------------------------------------------------- crashes

@@ -7,7 +7,6 @@ layer below it holds the mount-point stubs, so they never show here, as in docke
 from __future__ import annotations
 
 import contextlib
-import time
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from shale import oci
@@ -123,19 +122,11 @@ def _thaw(engine: Engine, c: Container) -> None:
 
 def export(engine: Engine, c: Container, out: BinaryIO) -> None:
     """The flattened rootfs (image layers + init stubs + container changes) as one tar."""
+    from shale.containers import stopped_rootfs
     from shale.layer import write_layer
-    from shale.mount import is_mountpoint, mount_all, unmount
 
-    store = ContainerStore(engine)
-    mounted_here = False
-    target = c.rootfs
-    if not is_mountpoint(target):
-        with engine.lock():
-            mount_all(engine.snapshots.mounts(c.snapshot_key), target)
-        mounted_here = True
-    try:
-        write_layer(out, target, fmt="dir", lower=None)
-    finally:
-        if mounted_here and not store.state(c).Running:
-            unmount(target)
-    _ = time
+    if ContainerStore(engine).state(c).Running:  # start mounted it, its monitor holds it
+        write_layer(out, c.rootfs, fmt="dir", lower=None)
+        return
+    with stopped_rootfs(engine, c) as rootfs:
+        write_layer(out, rootfs, fmt="dir", lower=None)

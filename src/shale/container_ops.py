@@ -238,24 +238,32 @@ def _create_volumes(engine: Engine, c: Container) -> None:
 def start(engine: Engine, c: Container, attached: bool) -> int:
     """Prepare the bundle and spawn the monitor; returns the status pipe fd."""
     from shale import monitor
+    from shale.containers import take_lock
 
     store = ContainerStore(engine)
     st = store.state(c)
-    if st.Running:
+    if st.Running or st.Restarting:
         raise Conflict(f"container {c.id[:12]} is already running")
-    with contextlib.suppress(FileNotFoundError):
-        (c.dir / "stop-requested").unlink()
-    store.unmount_rootfs(c)
-    with engine.lock():
-        store.mount_rootfs(c)
+    # the monitor lock is held from the mount on (then by the monitor, which inherits it):
+    # a concurrent start, or another command's crash cleanup, never touches this rootfs.
+    # (Waiting: the previous monitor may still be unmounting after the exit it recorded.)
+    lock = take_lock(c, wait=10.0)
     try:
-        from shale.bundle import write_bundle
-
-        write_bundle(engine, c)
-    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            (c.dir / "stop-requested").unlink()
         store.unmount_rootfs(c)
-        raise
-    return monitor.spawn(engine, c, attached)
+        with engine.lock():
+            store.mount_rootfs(c)
+        try:
+            from shale.bundle import write_bundle
+
+            write_bundle(engine, c)
+            return monitor.spawn(engine, c, attached, lock)
+        except BaseException:
+            store.unmount_rootfs(c)
+            raise
+    finally:
+        os.close(lock)
 
 
 def wait_stopped(engine: Engine, c: Container, timeout: float | None = None) -> State:
@@ -351,6 +359,8 @@ def remove_container(engine: Engine, c: Container, *, force: bool, volumes: bool
         with contextlib.suppress(ShaleError):
             kill(engine, c, sigmod.SIGKILL)
         wait_stopped(engine, c, 30)
+    elif not locked and monitor_alive(c.lock_path):
+        wait_stopped(engine, c, 10)  # it recorded the exit and is unmounting: let it finish
     store.unmount_rootfs(c)
     with engine.lock():
         store.remove_snapshots(c)

@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -157,6 +158,47 @@ def read_state(c: Container) -> State:
 
                 st.FinishedAt = format_time(c.state_path.stat().st_mtime)
     return st
+
+
+def take_lock(c: Container, wait: float = 0.0) -> int:
+    """The container's monitor lock, taken (``flock`` exclusive, close-on-exec fd) by
+    ``start`` from the mount of the rootfs on, then held by the monitor it forks, or by an
+    operation on a stopped container's mounted rootfs. Conflict while someone else holds
+    it after ``wait`` seconds (a monitor finishing up after the exit takes a moment)."""
+    fd = os.open(c.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    end = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= end:
+                os.close(fd)
+                raise Conflict(f"container {c.id[:12]} is running or being started"
+                               ) from None
+            time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def stopped_rootfs(engine: Engine, c: Container) -> Iterator[Path]:
+    """The rootfs of a container that is not running, mounted for the caller (and unmounted
+    after it unless it was mounted already); the monitor lock is held meanwhile, so neither
+    a ``start`` nor the crash cleanup of another command can interleave."""
+    from shale.mount import is_mountpoint, mount_all, unmount
+
+    lock = take_lock(c, wait=10.0)
+    try:
+        mounted_here = not is_mountpoint(c.rootfs)
+        if mounted_here:
+            with engine.lock():
+                mount_all(engine.snapshots.mounts(c.snapshot_key), c.rootfs)
+        try:
+            yield c.rootfs
+        finally:
+            if mounted_here:
+                unmount(c.rootfs)
+    finally:
+        os.close(lock)
 
 
 def write_state(c: Container, st: State) -> None:

@@ -1,9 +1,11 @@
 """``cp`` between a container and the host, through the same path safety as layers.
 
 Into a container: the source is packed as a tar and applied with ``layer.apply_layer`` into
-the container's mounted rootfs, so every write resolves inside it (a symlink planted in the
-container never leads a write outside). Out of a container: the source is resolved inside
-the rootfs with ``openat2(RESOLVE_IN_ROOT)`` and read through that descriptor.
+the container's root, so every write resolves inside it (a symlink planted in the container
+never leads a write outside). Out of a container: the source is resolved inside the root
+with ``openat2(RESOLVE_IN_ROOT)`` and read through descriptors, never following a link.
+The root of a running container is its own view (``/proc/PID/root``: its volumes, binds and
+tmpfs mounts included, as docker's cp); a stopped one's rootfs is mounted for the copy.
 """
 
 from __future__ import annotations
@@ -38,18 +40,16 @@ def _split(arg: str) -> tuple[str | None, str]:
 
 @contextlib.contextmanager
 def _mounted(engine: Engine, store: ContainerStore, c: Container) -> Iterator[Path]:
-    from shale.mount import is_mountpoint, mount_all, unmount
+    from shale.containers import stopped_rootfs
 
-    if is_mountpoint(c.rootfs):
-        yield c.rootfs
+    st = store.state(c)
+    if st.Running and st.Pid > 0 and os.path.isdir(f"/proc/{st.Pid}/root"):
+        # the container's own view, volumes, binds and tmpfs mounts included (as docker);
+        # its /proc magic links are never followed (fsroot resolves without them)
+        yield Path(f"/proc/{st.Pid}/root")
         return
-    with engine.lock():
-        mount_all(engine.snapshots.mounts(c.snapshot_key), c.rootfs)
-    try:
-        yield c.rootfs
-    finally:
-        if not store.state(c).Running:
-            unmount(c.rootfs)
+    with stopped_rootfs(engine, c) as rootfs:
+        yield rootfs
 
 
 def copy(engine: Engine, store: ContainerStore, src: str, dst: str, follow: bool) -> int:

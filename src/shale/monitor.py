@@ -35,10 +35,11 @@ if TYPE_CHECKING:
 
 
 # ---- spawning ----------------------------------------------------------------------------
-def spawn(engine: Engine, c: Container, attached: bool) -> int:
+def spawn(engine: Engine, c: Container, attached: bool, lock: int) -> int:
     """Start the monitor; returns the read end of its status pipe. The status pipe carries
     ``L`` once the attach socket listens (attached mode) and then ``S`` (started) or
-    ``E<code> <message>`` (failed), then closes."""
+    ``E<code> <message>`` (failed), then closes. ``lock`` is the container's monitor lock,
+    taken by the caller: the monitor holds it (the same open file) for its whole life."""
     rd, wr = os.pipe()
     # The monitor never touches SQLite: it inherits the record through fork and keeps
     # state in files. (SQLite's locks are per process; a forked child must not use, or
@@ -49,7 +50,7 @@ def spawn(engine: Engine, c: Container, attached: bool) -> int:
             os.close(rd)
             os.setsid()
             if os.fork() == 0:
-                _monitor_main(engine.root, c, wr, attached)
+                _monitor_main(engine.root, c, wr, attached, lock)
             os._exit(0)
         except BaseException:
             os._exit(1)
@@ -74,11 +75,12 @@ def read_status(fd: int) -> tuple[str, int, str]:
 
 
 # ---- the monitor -------------------------------------------------------------------------
-def _monitor_main(root: Path, c: Container, status_fd: int, attached: bool) -> None:
+def _monitor_main(root: Path, c: Container, status_fd: int, attached: bool,
+                  lock: int) -> None:
     code = 0
     try:
-        _detach_fds(keep=status_fd)
-        Monitor(root, c, status_fd, attached).run()
+        _detach_fds(keep={status_fd, lock})
+        Monitor(root, c, status_fd, attached, lock).run()
     except BaseException:
         code = 1
         with contextlib.suppress(Exception):
@@ -86,14 +88,17 @@ def _monitor_main(root: Path, c: Container, status_fd: int, attached: bool) -> N
     os._exit(code)
 
 
-def _detach_fds(keep: int) -> None:
+def _detach_fds(keep: set[int]) -> None:
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
-    os.closerange(3, keep)
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
     with contextlib.suppress(OSError):
-        os.closerange(keep + 1, 65536)
+        os.closerange(low, 65536)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
@@ -135,8 +140,10 @@ class _Log:
 
 
 class Monitor:
-    def __init__(self, root: Path, c: Container, status_fd: int, attached: bool) -> None:
+    def __init__(self, root: Path, c: Container, status_fd: int, attached: bool,
+                 lock: int) -> None:
         self.root = root
+        self.lock = lock
         self.c = c
         self.status_fd = status_fd
         self.attached = attached
@@ -154,8 +161,7 @@ class Monitor:
 
         from shale.runtime.linux import set_child_subreaper
 
-        lock = os.open(self.c.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        fcntl.flock(self.lock, fcntl.LOCK_EX)  # held already (inherited from start)
         set_child_subreaper()
         self.log = _Log(self.c.log_path)
         self.listener = self._listen()

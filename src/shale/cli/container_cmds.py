@@ -180,7 +180,6 @@ def _command(c: Container, trunc: bool) -> str:
 
 def _ps_rows(engine: Engine, ns: argparse.Namespace) -> list[dict[str, Any]]:
     from shale.cli.table import human_duration_ago
-    from shale.oci import format_time
 
     store = _store(engine)
     now = time.time()
@@ -208,16 +207,27 @@ def _ps_rows(engine: Engine, ns: argparse.Namespace) -> list[dict[str, Any]]:
         rows.append({
             "ID": c.id if ns.no_trunc else c.short_id, "Image": image,
             "Command": _command(c, not ns.no_trunc),
-            "CreatedAt": format_time(c.created), "RunningFor": human_duration_ago(c.created,
+            "CreatedAt": _go_time(c.created), "RunningFor": human_duration_ago(c.created,
                                                                                  now),
             "Status": status_text(st, now), "State": st.Status, "Ports": "",
             "Names": c.name, "Labels": ",".join(f"{k}={v}" for k, v in
                                                 (c.config.get("Labels") or {}).items()),
             "Mounts": ",".join(m.get("Name") or m.get("Source", "")
                                for m in c.record.get("Mounts", [])),
-            "Networks": c.host_config.get("NetworkMode", ""), "Size": "",
+            "Networks": _network(c), "Size": "",
         })
     return rows
+
+
+def _go_time(t: float) -> str:
+    """docker ps's CreatedAt: Go's time.String() ("2024-01-02 03:04:05 +0000 UTC")."""
+    return time.strftime("%Y-%m-%d %H:%M:%S %z %Z", time.localtime(t))
+
+
+def _network(c: Container) -> str:
+    """The network a container is on: "default" is the host's until bridges exist."""
+    mode = c.host_config.get("NetworkMode") or "default"
+    return "host" if mode == "default" else str(mode)
 
 
 def _ps_match(engine: Engine, c: Container, st: State, f: dict[str, list[str]]) -> bool:
@@ -418,7 +428,7 @@ def container_inspect(engine: Engine, c: Container) -> dict[str, Any]:
            "Config": docker_config(c.config),
            "NetworkSettings": {"Bridge": "", "SandboxID": "", "HairpinMode": False,
                                "Ports": {}, "SandboxKey": "",
-                               "Networks": {c.host_config.get("NetworkMode", "host"): {}}}}
+                               "Networks": {_network(c): {}}}}
     return out
 
 

@@ -159,7 +159,10 @@ def cmd_run(engine: Engine, ns: argparse.Namespace) -> int:
     return _start_attached(engine, c, stdin=ns.interactive, sig_proxy=ns.sig_proxy)
 
 
-def _start_attached(engine: Engine, c: Container, stdin: bool, sig_proxy: bool) -> int:
+def _start_attached(engine: Engine, c: Container, stdin: bool, sig_proxy: bool,
+                    start_error: int | None = None) -> int:
+    """Start ``c`` attached; its exit code, or the start error's (``start_error`` instead
+    when given: docker's ``start -a`` exits 1 where ``run`` exits 125/126/127)."""
     from shale import attach
     from shale.container_ops import start
     from shale.monitor import read_status
@@ -179,7 +182,7 @@ def _start_attached(engine: Engine, c: Container, stdin: bool, sig_proxy: bool) 
             sock.close()
         _auto_remove(engine, c)  # docker's --rm removes a container that failed to start
         print(f"Error: {msg}", file=sys.stderr)
-        return code
+        return code if start_error is None else start_error
     try:
         client = attach.AttachClient(sock, tty=bool(c.config.get("Tty")), stdin=stdin,
                                      sig_proxy=sig_proxy)
@@ -218,7 +221,8 @@ def cmd_start(engine: Engine, ns: argparse.Namespace) -> int:
         try:
             c = store.get(name)
             if ns.attach:
-                return _start_attached(engine, c, stdin=ns.interactive, sig_proxy=True)
+                return _start_attached(engine, c, stdin=ns.interactive, sig_proxy=True,
+                                       start_error=1)
             if store.state(c).Running:
                 print(name)
                 continue
