@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,9 @@ pytestmark = [
     pytest.mark.skipif(not os.path.exists("/bin/busybox"), reason="needs busybox-static"),
 ]
 
-BASE = "shaletest-build-base"
+# unique per run: two runs of this suite at once (CI, a colleague) must not share tags
+RUN_ID = uuid.uuid4().hex[:8]
+BASE = f"shaletest-build-{RUN_ID}-base"
 
 
 @dataclass
@@ -342,7 +345,7 @@ def test_same_as_docker(name: str, docker_base: str, shale_cli: Cli, tmp_path: P
     if case.parent:
         parent_case = Case(case.parent)
         _build_both(parent_case, ctx, f"{BASE}-parent", shale_cli)
-    tag = f"shaletest-build-{name}"
+    tag = f"shaletest-build-{RUN_ID}-{name}"
     _build_both(case, ctx, tag, shale_cli)
     try:
         d_tree, d_cfg = flatten(_docker("save", tag).stdout)

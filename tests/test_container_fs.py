@@ -348,9 +348,14 @@ def test_volumes_named_anonymous_bind(layered: Shale, tmp_path: Path) -> None:
     assert sh.ok("run", "--rm", "-v", f"{host}:/data", "bb", "sh", "-c",
                  "ls /data; echo w > /data/w") == ""
     assert os.listdir(host) == ["w"]
-    # read-only volumes and binds
+    # read-only volumes and binds; a bound file (on a new path, and over the image's)
     res = sh("run", "--rm", "-v", f"{host}:/data:ro", "bb", "touch", "/data/x")
     assert res.code == 1 and "Read-only file system" in res.err
+    (host / "w").write_text("one file\n")
+    assert sh.ok("run", "--rm", "-v", f"{host}/w:/new/dir/f", "-v", f"{host}/w:/etc/passwd:ro",
+                 "bb", "cat", "/new/dir/f", "/etc/passwd") == "one file\none file\n"
+    res = sh("run", "--rm", "-v", f"{host}/w:/etc", "bb", "true")  # a file over a directory
+    assert res.code == 125 and res.err.startswith("Error: "), res
     # anonymous: `-v /path`, filled too; --rm removes it, a named one stays
     before = set(sh.ok("volume", "ls", "-q").split())
     assert sh.ok("run", "--rm", "-v", "/data", "-v", "vol2:/srv", "bb",

@@ -220,6 +220,14 @@ def test_runtime_flags(shale: Shale) -> None:
     assert out == "1024\n2048\n"
     res = shale("run", "--rm", "--ulimit", "nofile=1024:999999999", "bb", "true")
     assert res.code == 0, "a limit above the host's is clamped, never fatal"
+    assert res.err.startswith("WARNING: ulimit nofile hard limit 999999999 lowered to ")
+    # --privileged: every capability of the host's bounding set, and a word on the others
+    with open("/proc/self/status") as f:
+        host = dict(line.split(":\t", 1) for line in f if ":\t" in line)["CapBnd"].strip()
+    res = shale("run", "--rm", "--privileged", "bb", "grep", "CapEff", "/proc/self/status")
+    assert (res.code, res.out) == (0, f"CapEff:\t{host}\n"), res
+    if int(host, 16) != (1 << 41) - 1:  # this VM lacks CAP_SYS_RESOURCE
+        assert res.err.startswith("WARNING: capabilities not available on this host: ")
 
 
 # ------------------------------------------------------------------------------ exec

@@ -130,4 +130,6 @@ def write_bundle(engine: Engine, c: Container) -> None:
                  durable=False)
     if warnings:
         (c.dir / "warnings").write_text("\n".join(warnings) + "\n")
+    else:
+        (c.dir / "warnings").unlink(missing_ok=True)
     _ = shutil

@@ -168,7 +168,10 @@ def create(engine: Engine, opts: RunOptions) -> Container:
         if not config["Hostname"]:
             config["Hostname"] = c.short_id if opts.network != "host" else socket.gethostname()
             store.update_record(c)
-        stubs = [m["Destination"] for m in mounts] + list(_tmpfs_map(opts.tmpfs))
+        # a bind of a host file gets a file stub (a directory would refuse the mount)
+        stubs = [(m["Destination"], not (m["Type"] == "bind" and os.path.exists(m["Source"])
+                                         and not os.path.isdir(m["Source"])))
+                 for m in mounts] + [(d, True) for d in _tmpfs_map(opts.tmpfs)]
         with engine.lock():
             store.prepare_snapshots(c, chain, stubs)
         _create_volumes(engine, c)

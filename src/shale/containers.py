@@ -320,8 +320,9 @@ class ContainerStore:
 
     # ---- snapshots ---------------------------------------------------------------------
     def prepare_snapshots(self, c: Container, image_chain: str,
-                          stub_paths: builtins.list[str]) -> None:
-        """image chain -> committed init layer with the stubs -> active writable layer."""
+                          stub_paths: builtins.list[tuple[str, bool]]) -> None:
+        """image chain -> committed init layer with the stubs -> active writable layer.
+        ``stub_paths``: (mount target, is a directory) for volumes, binds, tmpfs."""
         snap = self.engine.snapshots
         key = f"{c.init_snapshot}-key"
         snap.prepare(key, image_chain, labels={"shale.container": c.id})
@@ -360,8 +361,10 @@ def _check_name(name: str) -> None:
                               "are allowed")
 
 
-def _write_stubs(layer: Path, stubs: list[str], lowers: list[Path], fmt: str) -> None:
-    """Create mount-point stubs in the init layer (never following a symlink out of it)."""
+def _write_stubs(layer: Path, stubs: list[tuple[str, bool]], lowers: list[Path],
+                 fmt: str) -> None:
+    """Create mount-point stubs in the init layer (never following a symlink out of it):
+    a directory, or an empty file for a bind of a file; nothing where the image has one."""
     from shale.fsroot import Root
 
     root = Root(layer)
@@ -371,10 +374,15 @@ def _write_stubs(layer: Path, stubs: list[str], lowers: list[Path], fmt: str) ->
     for f in INIT_STUBS_FILES:
         root.mkdir_p(os.path.dirname(f))
         _touch(root, f)
-    for p in stubs:
-        p = p.strip("/")
-        if p:
+    for path, is_dir in stubs:
+        p = path.strip("/")
+        if not p or _exists_below(lowers, p, want_dir=False) or _exists_in(root, p):
+            continue
+        if is_dir:
             root.mkdir_p(p)
+        else:
+            root.mkdir_p(os.path.dirname(p))
+            _touch(root, p)
     with contextlib.suppress(OSError):
         dfd, base = root.open_parent("etc/mtab", create_parents=True)
         try:
@@ -387,6 +395,14 @@ def _write_stubs(layer: Path, stubs: list[str], lowers: list[Path], fmt: str) ->
 def _touch(root: Any, rel: str) -> None:
     fd = root.open_file(rel, os.O_WRONLY | os.O_CREAT, 0o755)
     os.close(fd)
+
+
+def _exists_in(root: Any, rel: str) -> bool:
+    try:
+        root.lstat(rel)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
 
 
 def _exists_below(lowers: list[Path], rel: str, want_dir: bool) -> bool:

@@ -47,7 +47,7 @@ class HistoryRow:
 
 class Engine:
     def __init__(self, root: str | Path = DEFAULT_ROOT, driver: str | None = None) -> None:
-        self.root = Path(root)
+        self.root = Path(os.path.abspath(root))  # mount points, bundles: absolute paths
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o710)
         self.content = ContentStore(self.root)

@@ -212,6 +212,10 @@ class Monitor:
             rt.start(self.c.id)
         except ShaleError as e:
             return e.exit_code, str(e)
+        except Exception as e:  # a runtime bug still reaches the CLI as an error (125)
+            with contextlib.suppress(Exception):
+                rt.delete(self.c.id, force=True)
+            return 125, f"{type(e).__name__}: {e}"
         st.Status, st.Running, st.Restarting, st.Pid = "running", True, False, pid
         st.ExitCode, st.Error = 0, ""
         st.StartedAt, st.FinishedAt = format_time(time.time()), "0001-01-01T00:00:00Z"

@@ -149,6 +149,7 @@ def cmd_run(engine: Engine, ns: argparse.Namespace) -> int:
     c = _create(engine, ns)
     if ns.detach:
         status = start(engine, c, attached=False)
+        _print_warnings(c)
         kind, code, msg = read_status(status)
         os.close(status)
         if kind == "E":
@@ -168,6 +169,7 @@ def _start_attached(engine: Engine, c: Container, stdin: bool, sig_proxy: bool,
     from shale.monitor import read_status
 
     status = start(engine, c, attached=True)
+    _print_warnings(c)
     sock = None
     try:
         kind, code, msg = read_status(status)
@@ -193,6 +195,16 @@ def _start_attached(engine: Engine, c: Container, stdin: bool, sig_proxy: bool,
     if result.get("Error"):
         print(f"Error: {result['Error']}", file=sys.stderr)
     return int(result.get("ExitCode", 125))
+
+
+def _print_warnings(c: Container) -> None:
+    """What the host could not grant (capabilities, limits), as docker's WARNING lines."""
+    try:
+        text = (c.dir / "warnings").read_text()
+    except FileNotFoundError:
+        return
+    for line in text.splitlines():
+        print(f"WARNING: {line}", file=sys.stderr)
 
 
 def _auto_remove(engine: Engine, c: Container) -> None:
@@ -227,6 +239,7 @@ def cmd_start(engine: Engine, ns: argparse.Namespace) -> int:
                 print(name)
                 continue
             status = start(engine, c, attached=False)
+            _print_warnings(c)
             kind, _rc, msg = read_status(status)
             os.close(status)
             if kind == "E":
