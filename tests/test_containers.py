@@ -168,8 +168,6 @@ def test_env_defaults(shale: Shale, tmp_path: Path) -> None:
     assert shale.ok("run", "--rm", "-h", "myhost", "bb", "hostname") == "myhost\n"
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/users.py: resolve_user leaves the primary "
-                   "gid out of the supplementary groups (docker: groups=10(wheel),1000(app))")
 def test_supplementary_groups_as_docker(shale: Shale) -> None:
     out = shale.ok("run", "--rm", "-u", "app", "bb", "id")
     assert out == "uid=1000(app) gid=1000(app) groups=10(wheel),1000(app)\n"

@@ -302,11 +302,11 @@ def test_cap_add_drop_and_privileged(box: Box) -> None:
 
 def test_user_from_passwd(box: Box) -> None:
     user = resolve_user(box.bundle / "rootfs", "app")
-    assert user == (1000, 1000, [10], "/home/app")
+    assert user == (1000, 1000, [10, 1000], "/home/app")  # as docker: primary gid last
     r = box.run(["sh", "-c", "id; echo $HOME; grep -E 'CapEff|CapBnd' /proc/self/status"],
                 uid=user.uid, gid=user.gid, additional_gids=user.additional_gids)
     lines = r.out.splitlines()
-    assert lines[0] == "uid=1000(app) gid=1000(app) groups=10(wheel)"
+    assert lines[0] == "uid=1000(app) gid=1000(app) groups=10(wheel),1000(app)"
     assert lines[1] == "/home/app"
     assert caps_of("\n".join(lines[2:])) == {"CapEff": "0" * 16, "CapBnd": DOCKER_CAPS}
 

@@ -174,17 +174,19 @@ def test_seccomp_compiles_and_caches(tmp_path: Path) -> None:
 
 # -- users ---------------------------------------------------------------------------------
 
+# docker 20.10 (measured): the primary gid is always in the supplementary list, after the
+# groups that name the user (`-u app` -> groups=10(wheel),1000(app); `-u 1000:10` -> 10)
 @pytest.mark.parametrize(("spec", "expected"), [
-    ("", (0, 0, [10], "/root")),
-    ("root", (0, 0, [10], "/root")),
-    ("app", (1000, 1000, [10, 29], "/home/app")),
-    ("1000", (1000, 1000, [10, 29], "/home/app")),
-    ("app:staff", (1000, 50, [], "/home/app")),
-    ("app:50", (1000, 50, [], "/home/app")),
-    ("1000:4242", (1000, 4242, [], "/home/app")),
-    ("4242", (4242, 0, [], "/")),
-    ("4242:4242", (4242, 4242, [], "/")),
-    ("daemon", (1, 1, [], "/usr/sbin")),
+    ("", (0, 0, [10, 0], "/root")),
+    ("root", (0, 0, [10, 0], "/root")),
+    ("app", (1000, 1000, [10, 29, 1000], "/home/app")),
+    ("1000", (1000, 1000, [10, 29, 1000], "/home/app")),
+    ("app:staff", (1000, 50, [50], "/home/app")),
+    ("app:50", (1000, 50, [50], "/home/app")),
+    ("1000:4242", (1000, 4242, [4242], "/home/app")),
+    ("4242", (4242, 0, [0], "/")),
+    ("4242:4242", (4242, 4242, [4242], "/")),
+    ("daemon", (1, 1, [1], "/usr/sbin")),
 ])
 def test_resolve_user(spec: str, expected: tuple[int, int, list[int], str]) -> None:
     assert tuple(resolve(PASSWD, GROUP, spec)) == expected
@@ -197,7 +199,7 @@ def test_resolve_user_errors() -> None:
     with pytest.raises(InvalidArgument) as e:
         resolve(PASSWD, GROUP, "app:nogroup")
     assert str(e.value) == "unable to find group nogroup: no matching entries in group file"
-    assert tuple(resolve(None, None, "")) == (0, 0, [], "/")
+    assert tuple(resolve(None, None, "")) == (0, 0, [0], "/")
     with pytest.raises(InvalidArgument):
         resolve(None, None, "app")
 
@@ -217,16 +219,16 @@ def test_resolve_user_never_reads_outside_rootfs(tmp_path: Path) -> None:
     inside = rootfs / str(host).lstrip("/")
     inside.mkdir(parents=True)
     (inside / "passwd").write_text("good:x:7:7::/good:/bin/sh\n")
-    assert resolve_user(rootfs, "good") == (7, 7, [], "/good")  # host group not read
+    assert resolve_user(rootfs, "good") == (7, 7, [7], "/good")  # host group not read
     (inside / "group").write_text("inner:x:8:good\n")
-    assert resolve_user(rootfs, "good") == (7, 7, [8], "/good")
+    assert resolve_user(rootfs, "good") == (7, 7, [8, 7], "/good")
     (rootfs / "etc/group").unlink()
     (rootfs / "etc/group").symlink_to("group")  # a loop reads as a missing file
-    assert resolve_user(rootfs, "good") == (7, 7, [], "/good")
+    assert resolve_user(rootfs, "good") == (7, 7, [7], "/good")
     os.mkfifo(rootfs / "etc/fifo")
     (rootfs / "etc/passwd").unlink()
     (rootfs / "etc/passwd").symlink_to("fifo")  # must not block
-    assert resolve_user(rootfs, "12") == (12, 0, [], "/")
+    assert resolve_user(rootfs, "12") == (12, 0, [0], "/")
 
 
 # -- cgroups -------------------------------------------------------------------------------

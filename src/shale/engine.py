@@ -59,6 +59,8 @@ class Engine:
     # ---- plumbing ------------------------------------------------------------------------
     @property
     def driver(self) -> str:
+        """The storage driver of this data root: the one it was first used with (recorded in
+        ``<root>/driver``), so a root made with ``-s vfs`` keeps finding its layers."""
         if self._driver is None:
             saved = self.root / "driver"
             if saved.exists():
@@ -67,6 +69,11 @@ class Engine:
                 from shale.snapshots import default_driver
 
                 self._driver = default_driver(self.root)
+        saved = self.root / "driver"
+        if not saved.exists():
+            from shale.fileutil import atomic_write
+
+            atomic_write(saved, self._driver.encode() + b"\n", durable=False)
         return self._driver
 
     @property

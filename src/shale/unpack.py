@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from collections.abc import Sequence
 from typing import BinaryIO
 
@@ -83,7 +82,7 @@ def unpack(snap: Snapshotter, content: ContentStore, layers: Sequence[LayerRecor
             continue
         from shale.layer import apply_layer  # only when unpacking: `run` skips tarfile
 
-        key = f"extract-{uuid.uuid4().hex[:16]}-{chain.hex[:12]}"
+        key = f"extract-{os.urandom(8).hex()}-{chain.hex[:12]}"
         snap.prepare(key, parent, labels={"shale.extract": "1"})
         try:
             with open_layer_tar(content, layer) as f:

@@ -135,8 +135,13 @@ def resolve(passwd: bytes | None, group: bytes | None, spec: str) -> ExecUser:
         if match is None and gid_num is None:
             raise InvalidArgument(
                 f"unable to find group {group_arg}: no matching entries in group file")
-        return ExecUser(uid, match.gid if match else int(group_arg), [], home)
+        gid = match.gid if match else int(group_arg)
+        return ExecUser(uid, gid, [gid], home)  # docker: -u 1000:10 gives groups=10
     extra = [g.gid for g in groups if name and name in g.members] if name else []
+    if gid not in extra:
+        # measured on docker 20.10: `-u app` gives groups=10(wheel),1000(app): the
+        # primary group follows the member groups in the supplementary list
+        extra.append(gid)
     return ExecUser(uid, gid, extra, home)
 
 
