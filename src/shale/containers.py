@@ -20,7 +20,6 @@ import contextlib
 import fcntl
 import json
 import os
-import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -262,7 +261,7 @@ class ContainerStore:
     def create(self, record: dict[str, Any], name: str | None) -> Container:
         """Insert a record (name unique across processes via the database), make its
         directory and state. The caller fills the record (Config, HostConfig, Image...)."""
-        cid = secrets.token_hex(32)
+        cid = os.urandom(32).hex()
         wanted = name.lstrip("/") if name else None
         if wanted is not None:
             _check_name(wanted)
@@ -293,7 +292,7 @@ class ContainerStore:
             nm = random_name()
             if db.execute("SELECT 1 FROM containers WHERE name=?", (nm,)).fetchone() is None:
                 return nm
-        return random_name() + "_" + secrets.token_hex(2)
+        return random_name() + "_" + os.urandom(2).hex()
 
     def update_record(self, c: Container) -> None:
         with self.meta.transaction() as db:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -15,7 +14,9 @@ def atomic_output(path: str | Path, durable: bool = True) -> Iterator[BinaryIO]:
     """Write to a temp file beside ``path`` and rename it into place only on success, so a
     failed or killed ``save -o`` never leaves a truncated archive under the final name."""
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.")
+    # a unique temp name without importing tempfile (costly on every `run`)
+    tmp = str(target.parent / f".{target.name}.{os.getpid()}.{os.urandom(6).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f

@@ -17,12 +17,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import selectors
 import signal
 import socket
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +82,8 @@ def _monitor_main(root: Path, c: Container, status_fd: int, attached: bool,
     except BaseException:
         code = 1
         with contextlib.suppress(Exception):
+            import traceback
+
             (c.dir / "monitor.err").write_text(traceback.format_exc())
     os._exit(code)
 
@@ -148,6 +148,9 @@ class Monitor:
         self.status_fd = status_fd
         self.attached = attached
         self.clients: dict[int, tuple[socket.socket, ap.FrameReader, bool]] = {}
+        import selectors
+
+        self._selectors = selectors
         self.sel = selectors.DefaultSelector()
         self.tty = bool(self.c.config.get("Tty"))
         self.stdin_w = -1
@@ -281,10 +284,10 @@ class Monitor:
     # ---- the pump ------------------------------------------------------------------------
     def _pump(self, pid: int, fds: dict[str, int]) -> int:
         pidfd = os.pidfd_open(pid)
-        self.sel.register(pidfd, selectors.EVENT_READ, ("exit", None))
+        self.sel.register(pidfd, self._selectors.EVENT_READ, ("exit", None))
         for name, fd in fds.items():
             os.set_blocking(fd, False)
-            self.sel.register(fd, selectors.EVENT_READ, ("out", name))
+            self.sel.register(fd, self._selectors.EVENT_READ, ("out", name))
         exited: int | None = None
         deadline = None
         while True:
@@ -350,7 +353,7 @@ class Monitor:
         os.chmod(path, 0o600)
         s.listen(16)
         s.setblocking(False)
-        self.sel.register(s.fileno(), selectors.EVENT_READ, ("listen", None))
+        self.sel.register(s.fileno(), self._selectors.EVENT_READ, ("listen", None))
         return s
 
     def _wait_first_client(self, timeout: float) -> None:
@@ -367,7 +370,7 @@ class Monitor:
             conn, _ = self.listener.accept()
             conn.setblocking(True)
             self.clients[conn.fileno()] = (conn, ap.FrameReader(), False)
-            self.sel.register(conn.fileno(), selectors.EVENT_READ, ("client", None))
+            self.sel.register(conn.fileno(), self._selectors.EVENT_READ, ("client", None))
 
     def _drop(self, fd: int) -> None:
         conn, _, _ = self.clients.pop(fd)

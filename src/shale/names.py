@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
+import os
 
 _LEFT = ("admiring adoring affectionate agitated amazing angry awesome beautiful blissful bold "
          "boring brave busy charming clever compassionate competent condescending confident "
@@ -34,6 +34,11 @@ _RIGHT = ("agnesi albattani allen almeida archimedes ardinghelli aryabhata austi
           "wright wu yalow yonath zhukovsky").split()
 
 
+def _pick(items: list[str]) -> str:
+    # os.urandom, not secrets/random: those imports cost milliseconds on every `run`
+    return items[int.from_bytes(os.urandom(4), "big") % len(items)]
+
+
 def random_name() -> str:
-    name = f"{secrets.choice(_LEFT)}_{secrets.choice(_RIGHT)}"
+    name = f"{_pick(_LEFT)}_{_pick(_RIGHT)}"
     return "focused_turing" if name == "boring_wozniak" else name  # docker's one exception

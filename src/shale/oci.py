@@ -8,6 +8,7 @@ ID, a pulled manifest keeps its digest).
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -271,9 +272,7 @@ class ImageConfig:
 
 def host_platform() -> tuple[str, str]:
     """(os, architecture) in GOOS/GOARCH terms."""
-    import platform
-
-    machine = platform.machine()
+    machine = os.uname().machine
     arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386",
             "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}.get(machine, machine)
     return "linux", arch

@@ -10,9 +10,6 @@ import builtins
 import json
 import os
 import re
-import secrets
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +54,7 @@ class VolumeStore:
     def create(self, name: str | None = None, labels: dict[str, str] | None = None,
                anonymous: bool = False) -> tuple[Volume, bool]:
         """Create (or return the existing) volume; the bool says whether it is new."""
-        name = name or secrets.token_hex(32)
+        name = name or os.urandom(32).hex()
         if not self.valid_name(name):
             raise InvalidArgument(f'create {name}: "{name}" includes invalid characters for a '
                                   'local volume name, only "[a-zA-Z0-9][a-zA-Z0-9_.-]" are '
@@ -98,6 +95,8 @@ class VolumeStore:
         with self.meta.transaction() as db:
             db.execute("DELETE FROM volumes WHERE name=?", (name,))
             db.execute("DELETE FROM volume_users WHERE volume=?", (name,))
+        import shutil
+
         shutil.rmtree(vol.mountpoint.parent, ignore_errors=True)
 
     def prune(self, all: bool = False) -> builtins.list[str]:
@@ -119,5 +118,7 @@ def populate(volume_dir: Path, source: Path) -> None:
     os.chown(volume_dir, st.st_uid, st.st_gid)
     os.chmod(volume_dir, st.st_mode & 0o7777)
     if any(source.iterdir()):
+        import subprocess
+
         subprocess.run(["cp", "-a", "--", f"{source}/.", str(volume_dir)], check=True,
                        capture_output=True)

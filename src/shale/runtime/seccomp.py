@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +101,7 @@ _ARCHES = {
 
 def _kernel_at_least(major: int, minor: int) -> bool:
     try:
-        parts = platform.release().split(".")
+        parts = os.uname().release.split(".")
         return (int(parts[0]), int(parts[1].split("-")[0])) >= (major, minor)
     except (ValueError, IndexError):
         return True
@@ -125,7 +124,7 @@ def _arg(index: int, value: int, op: str, value_two: int = 0) -> dict[str, Any]:
 
 def default_profile(caps: set[str] | frozenset[str]) -> dict[str, Any]:
     """The OCI ``linux.seccomp`` docker gives a container holding ``caps``."""
-    machine = platform.machine()
+    machine = os.uname().machine
     rules = [_rule(_ALLOW)]
     if _kernel_at_least(4, 8):
         rules.append(_rule(_PTRACE_48))
@@ -210,7 +209,7 @@ def compile_bpf(profile: dict[str, Any], cache_dir: Path | None = None) -> bytes
     """The BPF program for an OCI ``linux.seccomp`` object; cached in ``cache_dir`` by the
     hash of the profile (the compile is what costs: libseccomp import and ~400 rules)."""
     key = hashlib.sha256(json.dumps(profile, sort_keys=True).encode()
-                         + platform.machine().encode()).hexdigest()
+                         + os.uname().machine.encode()).hexdigest()
     cached = cache_dir / f"{key}.bpf" if cache_dir else None
     if cached is not None:
         try:
