@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
 from shale import oci
@@ -82,22 +82,34 @@ def unpack(snap: Snapshotter, content: ContentStore, layers: Sequence[LayerRecor
             continue
         from shale.layer import apply_layer  # only when unpacking: `run` skips tarfile
 
-        key = f"extract-{os.urandom(8).hex()}-{chain.hex[:12]}"
-        snap.prepare(key, parent, labels={"shale.extract": "1"})
-        try:
+
+        def fill(key: str, layer: LayerRecord = layer) -> None:
             with open_layer_tar(content, layer) as f:
                 apply_layer(f, snap.layer_dir(key), fmt=snap.layer_format,
                             lowers=snap.parent_dirs(key))
-            _sync(snap, key)
-            snap.commit(name, key)
-        except AlreadyExists:
-            snap.remove(key)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                snap.remove(key)
-            raise
+
+        commit_filled(snap, name, parent, fill)
         parent = name
     return parent
+
+
+def commit_filled(snap: Snapshotter, name: str, parent: str,
+                  fill: Callable[[str], None]) -> None:
+    """Fill a temporary active snapshot on ``parent`` (``fill(key)``), flush it and commit it
+    as ``name``. A name another process committed first is taken as it is (dedupe); on any
+    other failure the temporary snapshot goes and nothing is published."""
+    key = f"extract-{os.urandom(8).hex()}-{name[7:19]}"
+    snap.prepare(key, parent, labels={"shale.extract": "1"})
+    try:
+        fill(key)
+        _sync(snap, key)
+        snap.commit(name, key)
+    except AlreadyExists:
+        snap.remove(key)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            snap.remove(key)
+        raise
 
 
 def _committed(snap: Snapshotter, name: str) -> bool:

@@ -21,7 +21,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,7 +209,7 @@ def _adopt(engine: Engine, parent: Image, ctr_key: str, layer: LayerRecord,
     the layer in the snapshot format: hard-linked, never copied. Only for containers the
     build removes right away, so nothing can write to the shared files later."""
     from shale.digest import EMPTY_LAYER_DIFF_ID, chain_ids
-    from shale.errors import AlreadyExists, NotFound
+    from shale.errors import NotFound
     from shale.snapshots import Kind
 
     snap = engine.snapshots
@@ -223,24 +222,18 @@ def _adopt(engine: Engine, parent: Image, ctr_key: str, layer: LayerRecord,
             return
     except NotFound:
         pass
-    key = f"extract-{uuid.uuid4().hex[:16]}-{chains[-1].hex[:12]}"
+    from shale.unpack import commit_filled
+
+    def fill(key: str) -> None:
+        dest = snap.layer_dir(key)
+        subprocess.run(["cp", "-al", f"{snap.layer_dir(ctr_key)}/.", str(dest)],
+                       check=True, capture_output=True)
+        for d in extra_dirs:  # what _container_layer added to the tar
+            os.makedirs(dest / d, mode=0o755, exist_ok=True)
+        _drop_overlay_state(dest)
+
     with engine.lock():
-        snap.prepare(key, parent_chain, labels={"shale.extract": "1"})
-        try:
-            dest = snap.layer_dir(key)
-            subprocess.run(["cp", "-al", f"{snap.layer_dir(ctr_key)}/.", str(dest)],
-                           check=True, capture_output=True)
-            for d in extra_dirs:  # what _container_layer added to the tar
-                os.makedirs(dest / d, mode=0o755, exist_ok=True)
-            _drop_overlay_state(dest)
-            _syncfs(dest)
-            snap.commit(name, key)
-        except AlreadyExists:
-            snap.remove(key)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                snap.remove(key)
-            raise
+        commit_filled(snap, name, parent_chain, fill)
 
 
 def _drop_overlay_state(root: Path) -> None:
@@ -251,17 +244,6 @@ def _drop_overlay_state(root: Path) -> None:
             if attr.startswith("trusted.overlay.") and attr != "trusted.overlay.opaque":
                 with contextlib.suppress(OSError):
                     os.removexattr(dirpath, attr, follow_symlinks=False)
-
-
-def _syncfs(path: Path) -> None:
-    """Data on disk before the snapshot is published, as ``unpack`` does."""
-    import ctypes
-
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        ctypes.CDLL(None, use_errno=True).syncfs(fd)
-    finally:
-        os.close(fd)
 
 
 def _mountpoints(engine: Engine, req: RunRequest) -> list[str]:
