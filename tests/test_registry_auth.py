@@ -20,7 +20,8 @@ from shale import auth, registry
 from shale.auth import Credentials
 from shale.digest import Digest
 from shale.errors import RegistryError
-from shale.registry import Registry, _merge_scopes, is_insecure, is_loopback, parse_challenge
+from shale.registry import Registry
+from shale.registry_http import _merge_scopes, is_insecure, is_loopback, parse_challenge
 
 REALM = "https://auth.example.test/token"
 HOST = "reg.example.test"

@@ -48,7 +48,7 @@ def _insecure_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _insecure(engine: Engine, ns: argparse.Namespace) -> tuple[str, ...]:
-    from shale.registry import insecure_from_config
+    from shale.registry_http import insecure_from_config
 
     return (*ns.insecure_registry, *insecure_from_config(engine.root))
 
