@@ -123,7 +123,10 @@ def write_bundle(engine: Engine, c: Container) -> None:
         ulimits=_ulimits(c),
         network="none" if hc.get("NetworkMode") == "none" else "host",
         seccomp="seccomp=unconfined" not in sec, cgroups_path=f"/shale/{c.id}",
-        root_path=str(c.rootfs))
+        root_path=str(c.rootfs), memory=int(hc.get("Memory") or 0),
+        memory_swap=int(hc.get("MemorySwap") or 0), nano_cpus=int(hc.get("NanoCpus") or 0),
+        cpu_shares=int(hc.get("CpuShares") or 0), cpuset_cpus=hc.get("CpusetCpus") or "",
+        pids_limit=int(hc.get("PidsLimit") or 0))
     warnings: list[str] = []
     spec = build_spec(opts, warnings)
     atomic_write(c.bundle / "config.json", json.dumps(spec, indent=1).encode(),

@@ -34,6 +34,7 @@ VERB_MODULES: dict[str, str] = {
     "pause": "container_cmds", "unpause": "container_cmds", "diff": "container_cmds",
     "commit": "container_cmds", "export": "container_cmds", "cp": "container_cmds",
     "container": "container_cmds", "volume": "container_cmds",
+    "stats": "stats_cmds",
     "build": "build_cmds",
     "pull": "registry_cmds", "push": "registry_cmds", "login": "registry_cmds",
     "logout": "registry_cmds",

@@ -47,6 +47,12 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--network", "--net", default="default")
     p.add_argument("-l", "--label", action="append", default=[])
     p.add_argument("--runtime", default="builtin", choices=["builtin", "runc"])
+    p.add_argument("-m", "--memory", default="")
+    p.add_argument("--memory-swap", default="")
+    p.add_argument("--cpus", default="")
+    p.add_argument("-c", "--cpu-shares", default="")
+    p.add_argument("--cpuset-cpus", default="")
+    p.add_argument("--pids-limit", default="")
     p.add_argument("--rm", action="store_true")
     p.add_argument("--pull", default="missing")
     p.add_argument("--platform", default=None)
@@ -105,6 +111,63 @@ def _read_env_files(files: list[str]) -> list[str]:
     return out
 
 
+def _bad_flag(ns: argparse.Namespace, flag: str, value: str, why: str) -> ShaleError:
+    from shale.cli import UsageError
+
+    return UsageError(f'invalid argument "{value}" for "{flag}" flag: {why}\n'
+                      f"See 'shale {getattr(ns, 'verb', None) or 'run'} --help'.")
+
+
+def ram_in_bytes(text: str) -> int:
+    """go-units ``RAMInBytes``: ``64m``, ``1.5g``, ``512k``, ``100`` (bytes), binary units."""
+    import re
+
+    m = re.fullmatch(r"(\d+(?:\.\d+)*) ?([kKmMgGtTpP])?[iI]?[bB]?", text)
+    if not m:
+        raise ValueError(f"invalid size: '{text}'")
+    try:
+        size = float(m.group(1))
+    except ValueError:
+        raise ValueError(f'strconv.ParseFloat: parsing "{m.group(1)}": invalid syntax') from None
+    power = " kmgtp".index((m.group(2) or " ").lower())
+    return int(size * 1024 ** power)
+
+
+def _limits(ns: argparse.Namespace) -> dict[str, Any]:
+    """docker's client-side parsing of the limit flags (MemBytes, MemSwapBytes, NanoCPUs,
+    int64), with its messages."""
+    from fractions import Fraction
+
+    out: dict[str, Any] = {"cpuset_cpus": ns.cpuset_cpus}
+    for key, flag, value in (("memory", "-m, --memory", ns.memory),
+                             ("memory_swap", "--memory-swap", ns.memory_swap)):
+        if value == "-1" and key == "memory_swap":
+            out[key] = -1
+        elif value:
+            try:
+                out[key] = ram_in_bytes(value)
+            except ValueError as e:
+                raise _bad_flag(ns, flag, value, str(e)) from None
+    if ns.cpus:
+        try:
+            nano = Fraction(ns.cpus) * 1_000_000_000
+        except (ValueError, ZeroDivisionError):
+            raise _bad_flag(ns, "--cpus", ns.cpus,
+                            f"failed to parse {ns.cpus} as a rational number") from None
+        if nano.denominator != 1:
+            raise _bad_flag(ns, "--cpus", ns.cpus, "value is too precise")
+        out["nano_cpus"] = int(nano)
+    for key, flag, value in (("cpu_shares", "-c, --cpu-shares", ns.cpu_shares),
+                             ("pids_limit", "--pids-limit", ns.pids_limit)):
+        if value:
+            try:
+                out[key] = int(value)
+            except ValueError:
+                raise _bad_flag(ns, flag, value, f'strconv.ParseInt: parsing "{value}": '
+                                "invalid syntax") from None
+    return out
+
+
 def _options(ns: argparse.Namespace) -> Any:
     from shale.container_ops import RunOptions
 
@@ -121,17 +184,21 @@ def _options(ns: argparse.Namespace) -> Any:
         restart=ns.restart, ulimits=ns.ulimit, privileged=ns.privileged,
         cap_add=ns.cap_add, cap_drop=ns.cap_drop, security_opt=ns.security_opt,
         network=ns.network, labels=labels, runtime=ns.runtime,
-        attach_stdio=not getattr(ns, "detach", False))
+        attach_stdio=not getattr(ns, "detach", False), **_limits(ns))
 
 
 def _create(engine: Engine, ns: argparse.Namespace) -> Container:
     from shale.container_ops import create
 
+    warnings: list[str] = []
     try:
-        return create(engine, _options(ns))
+        c = create(engine, _options(ns), warnings)
     except ShaleError as e:
         e.exit_code = 125  # docker: any engine error of run/create (a name conflict too)
         raise
+    for line in warnings:  # docker's client prints the create response's warnings
+        print(f"WARNING: {line}", file=sys.stderr)
+    return c
 
 
 def cmd_create(engine: Engine, ns: argparse.Namespace) -> int:

@@ -406,8 +406,15 @@ def _make_cgroup(config: dict[str, Any]) -> Cgroup | None:
     cgroup = Cgroup(path)
     if cgroup.exists():
         raise AlreadyExists(f"cgroup {path} already exists")
-    cgroup.create()
-    cgroup.apply_devices(list((linux_cfg.get("resources") or {}).get("devices") or []))
+    try:
+        cgroup.create()
+        resources = linux_cfg.get("resources") or {}
+        cgroup.apply_devices(list(resources.get("devices") or []))
+        cgroup.apply_resources(resources)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            cgroup.remove()
+        raise
     return cgroup
 
 

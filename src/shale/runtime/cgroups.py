@@ -12,13 +12,22 @@ Host layouts (read from /proc/self/mountinfo, never guessed from paths):
 - ``v2``: one cgroup2 mount at ``/sys/fs/cgroup``; controllers must be enabled in every
   ancestor's ``cgroup.subtree_control`` first.
 
-The built-in runtime creates freezer, pids, memory and devices (v1) and the v2 directory; runc
-creates its own (all hierarchies) and removes them on ``delete``. Read ``oom_killed()``
-*before* ``remove()``/``Runtime.delete``: the counter lives in the cgroup.
+The built-in runtime creates freezer, pids, memory, devices, cpu, cpuacct, cpuset and blkio
+(v1) and the v2 directory; runc creates its own (all hierarchies) and removes them on
+``delete``. Read ``oom_killed()`` *before* ``remove()``/``Runtime.delete``: the counter
+lives in the cgroup.
+
+Limits: ``apply_resources`` writes an OCI ``linux.resources`` (memory, cpu, pids) the way
+runc does, to v1 files (``memory.limit_in_bytes``, ``memory.memsw.limit_in_bytes``,
+``cpu.cfs_quota_us``/``cpu.cfs_period_us``, ``cpu.shares``, ``cpuset.cpus``, ``pids.max``)
+or v2 ones (``memory.max``, ``memory.swap.max``, ``cpu.max``, ``cpu.weight``,
+``cpuset.cpus``, ``pids.max``). ``host_support`` is docker's sysinfo: which limits this
+host can apply. ``Cgroup.usage`` reads what ``shale stats`` shows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -29,8 +38,9 @@ from typing import Any
 
 from shale.errors import InvalidArgument, RuntimeFailure
 
-V1_CONTROLLERS = ("freezer", "pids", "memory", "devices")
-_V2_CONTROLLERS = ("pids", "memory")
+V1_CONTROLLERS = ("freezer", "pids", "memory", "devices", "cpu", "cpuacct", "cpuset", "blkio")
+_V2_CONTROLLERS = ("pids", "memory")  # enabled or the create fails
+_V2_OPTIONAL = ("cpu", "cpuset", "io")  # enabled where the host lets us
 _KNOWN_V1 = frozenset(("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls",
                        "net_prio", "blkio", "perf_event", "hugetlb", "pids", "rdma", "misc"))
 
@@ -40,10 +50,14 @@ class Layout:
     mode: str  # "v1" | "hybrid" | "v2"
     v1: dict[str, str] = field(default_factory=dict)  # controller -> mount point
     unified: str | None = None  # the cgroup2 mount point, if any
+    # every v1 mount point, named hierarchies (name=systemd) too: runc makes its directory
+    # in each, and removing a container removes them all
+    v1_mounts: tuple[str, ...] = ()
 
 
 def parse_mountinfo(text: str) -> Layout:
     v1: dict[str, str] = {}
+    mounts: list[str] = []
     unified = None
     for line in text.splitlines():
         pre, _, post = line.partition(" - ")
@@ -54,12 +68,13 @@ def parse_mountinfo(text: str) -> Layout:
         if tail[0] == "cgroup2":
             unified = unified if unified == "/sys/fs/cgroup" else mountpoint
         elif tail[0] == "cgroup":
+            mounts.append(mountpoint)
             for opt in tail[2].split(","):
                 if opt in _KNOWN_V1:
                     v1.setdefault(opt, mountpoint)
     if not v1:
         return Layout("v2" if unified else "none", {}, unified)
-    return Layout("hybrid" if unified else "v1", v1, unified)
+    return Layout("hybrid" if unified else "v1", v1, unified, tuple(dict.fromkeys(mounts)))
 
 
 _layout_cache: Layout | None = None
@@ -89,6 +104,89 @@ def device_rule(rule: dict[str, Any]) -> str:
     return f"{kind} {major}:{minor} {access}"
 
 
+def shares_to_weight(shares: int) -> int:
+    """v1 ``cpu.shares`` (2..262144) as v2 ``cpu.weight`` (1..10000), runc's conversion."""
+    if shares <= 0:
+        return 0
+    return min(10000, max(1, 1 + ((shares - 2) * 9999) // 262142))
+
+
+@dataclass
+class Usage:
+    """One reading of a container's cgroup (bytes, nanoseconds, counts)."""
+
+    cpu_ns: int = 0
+    memory: int = 0
+    memory_limit: int = 0  # 0: no limit file (a huge value: unlimited)
+    inactive_file: int = 0
+    pids: int = 0
+    blk_read: int = 0
+    blk_write: int = 0
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _int(path: Path) -> int:
+    text = _read(path).strip()
+    return int(text) if text.lstrip("-").isdigit() else 0  # "max" and missing: 0
+
+
+def _kv(path: Path) -> dict[str, int]:
+    out = {}
+    for line in _read(path).splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().lstrip("-").isdigit():
+            out[key] = int(value)
+    return out
+
+
+@dataclass(frozen=True)
+class Support:
+    """docker's ``sysinfo``: which limits this host's cgroups can apply."""
+
+    memory: bool = False
+    swap: bool = False
+    cpu_cfs: bool = False
+    cpu_shares: bool = False
+    cpuset: bool = False
+    pids: bool = False
+    cpus: str = ""  # the CPUs a cpuset may name, e.g. "0-3"
+    mems: str = ""
+
+
+def _online(name: str) -> str:
+    return _read(Path("/sys/devices/system/node" if name == "mems" else
+                      "/sys/devices/system/cpu", "online")).strip()
+
+
+def host_support(layout: Layout | None = None) -> Support:
+    lay = layout or host_layout()
+    if lay.mode == "v2":
+        assert lay.unified is not None
+        root = Path(lay.unified)
+        ctl = set(_read(root / "cgroup.controllers").split())
+        return Support(memory="memory" in ctl, swap="memory" in ctl, cpu_cfs="cpu" in ctl,
+                       cpu_shares="cpu" in ctl, cpuset="cpuset" in ctl, pids="pids" in ctl,
+                       cpus=_read(root / "cpuset.cpus.effective").strip() or _online("cpus"),
+                       mems=_read(root / "cpuset.mems.effective").strip() or _online("mems"))
+
+    def has(ctl: str, name: str) -> bool:
+        return ctl in lay.v1 and Path(lay.v1[ctl], name).exists()
+
+    cpuset = Path(lay.v1.get("cpuset", "/nonexistent"))
+    return Support(memory=has("memory", "memory.limit_in_bytes"),
+                   swap=has("memory", "memory.memsw.limit_in_bytes"),
+                   cpu_cfs=has("cpu", "cpu.cfs_quota_us"), cpu_shares=has("cpu", "cpu.shares"),
+                   cpuset=has("cpuset", "cpuset.cpus"), pids="pids" in lay.v1,
+                   cpus=_read(cpuset / "cpuset.effective_cpus").strip() or _online("cpus"),
+                   mems=_read(cpuset / "cpuset.effective_mems").strip() or _online("mems"))
+
+
 class Cgroup:
     """The container's cgroup ``path`` (absolute, e.g. ``/shale/<cid>``) in every hierarchy
     this runtime uses. Methods tolerate hierarchies where the directory does not exist."""
@@ -111,7 +209,8 @@ class Cgroup:
 
     def dirs(self) -> list[Path]:
         found = [self.v1_dir(c) for c in V1_CONTROLLERS] + [self.v2_dir()]
-        return [d for d in found if d is not None and d.is_dir()]
+        # co-mounted controllers (cpu,cpuacct) share one directory: list it once
+        return list(dict.fromkeys(d for d in found if d is not None and d.is_dir()))
 
     def exists(self) -> bool:
         return bool(self.dirs())
@@ -124,7 +223,7 @@ class Cgroup:
             return [("", d)] if d and d.is_dir() else []
         for c in V1_CONTROLLERS:
             d = self.v1_dir(c)
-            if d is not None and d.is_dir():
+            if d is not None and d.is_dir() and all(d != seen for _, seen in out):
                 out.append((os.path.basename(self.layout.v1[c]), d))
         return out
 
@@ -134,11 +233,28 @@ class Cgroup:
             d = self.v1_dir(c)
             if d is not None:
                 d.mkdir(parents=True, exist_ok=True)
+        self._init_cpuset()
         d2 = self.v2_dir()
         if d2 is not None:
             if self.layout.mode == "v2":
                 self._enable_v2_controllers()
             d2.mkdir(parents=True, exist_ok=True)
+
+    def _init_cpuset(self) -> None:
+        """A new v1 cpuset starts with empty ``cpuset.cpus``/``cpuset.mems``, and a task
+        cannot join it until they are set: copy them down from the parent, level by level
+        (runc does the same)."""
+        mnt = self.layout.v1.get("cpuset")
+        if mnt is None:
+            return
+        parent = Path(mnt)
+        for part in self._rel.split("/"):
+            d = parent / part
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                f = d / name
+                if f.exists() and not f.read_text().strip():
+                    _write(f, (parent / name).read_text().strip())
+            parent = d
 
     def _enable_v2_controllers(self) -> None:
         assert self.layout.unified is not None
@@ -148,6 +264,11 @@ class Cgroup:
             wanted = " ".join(f"+{c}" for c in _V2_CONTROLLERS if c in available)
             if wanted:
                 _write(parent / "cgroup.subtree_control", wanted)
+            enabled = (parent / "cgroup.subtree_control").read_text().split()
+            for c in _V2_OPTIONAL:
+                if c in available and c not in enabled:
+                    with contextlib.suppress(OSError):  # e.g. cpu with realtime tasks
+                        _write(parent / "cgroup.subtree_control", f"+{c}")
             if part is None:
                 break
             parent = parent / part
@@ -167,10 +288,77 @@ class Cgroup:
             target = "devices.allow" if rule.get("allow") else "devices.deny"
             _write(d / target, device_rule(rule))
 
+    def apply_resources(self, resources: dict[str, Any]) -> None:
+        """Write the OCI ``linux.resources`` limits (memory, cpu, pids) into this cgroup,
+        as runc does; devices go through ``apply_devices``. A limit whose controller is
+        missing here is skipped (the engine warned about it when the container was made)."""
+        try:
+            if self.layout.mode == "v2":
+                self._apply_v2(resources)
+            else:
+                self._apply_v1(resources)
+        except OSError as e:
+            raise RuntimeFailure(f"cannot apply resource limits to cgroup {self.path}: "
+                                 f"{e.filename}: {e.strerror}") from e
+
+    def _set(self, controller: str | None, name: str, value: Any) -> None:
+        d = self.v2_dir() if controller is None else self.v1_dir(controller)
+        if d is not None and (d / name).exists():
+            _write(d / name, str(value))
+
+    def _apply_v1(self, r: dict[str, Any]) -> None:
+        mem, cpu, pids = r.get("memory") or {}, r.get("cpu") or {}, r.get("pids") or {}
+        limit, swap = mem.get("limit"), mem.get("swap")
+        # memsw >= memory always: from the unlimited start, memory first, then memsw
+        if limit:
+            self._set("memory", "memory.limit_in_bytes", limit)
+        if swap:
+            self._set("memory", "memory.memsw.limit_in_bytes", swap)
+        if mem.get("reservation"):
+            self._set("memory", "memory.soft_limit_in_bytes", mem["reservation"])
+        if cpu.get("shares"):
+            self._set("cpu", "cpu.shares", cpu["shares"])
+        if cpu.get("period"):
+            self._set("cpu", "cpu.cfs_period_us", cpu["period"])
+        if cpu.get("quota"):
+            self._set("cpu", "cpu.cfs_quota_us", cpu["quota"])
+        if cpu.get("cpus"):
+            self._set("cpuset", "cpuset.cpus", cpu["cpus"])
+        if cpu.get("mems"):
+            self._set("cpuset", "cpuset.mems", cpu["mems"])
+        if pids.get("limit"):
+            self._set("pids", "pids.max", "max" if pids["limit"] < 0 else pids["limit"])
+
+    def _apply_v2(self, r: dict[str, Any]) -> None:
+        mem, cpu, pids = r.get("memory") or {}, r.get("cpu") or {}, r.get("pids") or {}
+        limit, swap = mem.get("limit"), mem.get("swap")
+        if limit:
+            self._set(None, "memory.max", "max" if limit < 0 else limit)
+        if swap:
+            # v1's memory+swap total is v2's swap alone (runc's ConvertMemorySwapToCgroupV2Value)
+            self._set(None, "memory.swap.max",
+                      "max" if swap < 0 or not limit or limit < 0 else max(swap - limit, 0))
+        if mem.get("reservation"):
+            self._set(None, "memory.low", mem["reservation"])
+        if cpu.get("shares"):
+            self._set(None, "cpu.weight", shares_to_weight(int(cpu["shares"])))
+        if cpu.get("quota") or cpu.get("period"):
+            quota = cpu.get("quota") or -1
+            self._set(None, "cpu.max",
+                      f"{'max' if quota < 0 else quota} {cpu.get('period') or 100000}")
+        if cpu.get("cpus"):
+            self._set(None, "cpuset.cpus", cpu["cpus"])
+        if cpu.get("mems"):
+            self._set(None, "cpuset.mems", cpu["mems"])
+        if pids.get("limit"):
+            self._set(None, "pids.max", "max" if pids["limit"] < 0 else pids["limit"])
+
     def remove(self, timeout: float = 2.0) -> None:
-        """rmdir every directory; retries while exiting tasks still hold it (EBUSY)."""
+        """rmdir every directory (in every v1 hierarchy, where runc made one); retries
+        while exiting tasks still hold it (EBUSY)."""
         deadline = time.monotonic() + timeout
-        for d in self.dirs():
+        extra = [Path(m, self._rel) for m in self.layout.v1_mounts]
+        for d in dict.fromkeys([*self.dirs(), *(x for x in extra if x.is_dir())]):
             while True:
                 try:
                     d.rmdir()
@@ -204,6 +392,50 @@ class Cgroup:
             if key == "oom_kill":
                 return int(value) > 0
         return False
+
+    def usage(self) -> Usage:
+        """What ``shale stats`` shows, read from the controllers' files (zeros where a
+        controller or file is missing)."""
+        u = Usage()
+        if self.layout.mode == "v2":
+            d = self.v2_dir()
+            if d is None or not d.is_dir():
+                return u
+            u.cpu_ns = _kv(d / "cpu.stat").get("usage_usec", 0) * 1000
+            u.memory = _int(d / "memory.current")
+            u.memory_limit = _int(d / "memory.max")
+            u.inactive_file = _kv(d / "memory.stat").get("inactive_file", 0)
+            u.pids = _int(d / "pids.current")
+            for line in _read(d / "io.stat").splitlines():
+                fields = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
+                u.blk_read += int(fields.get("rbytes", 0))
+                u.blk_write += int(fields.get("wbytes", 0))
+            return u
+        for ctl, attr, name in (("cpuacct", "cpu_ns", "cpuacct.usage"),
+                                ("memory", "memory", "memory.usage_in_bytes"),
+                                ("memory", "memory_limit", "memory.limit_in_bytes"),
+                                ("pids", "pids", "pids.current")):
+            d = self.v1_dir(ctl)
+            if d is not None:
+                setattr(u, attr, _int(d / name))
+        d = self.v1_dir("memory")
+        if d is not None:
+            u.inactive_file = _kv(d / "memory.stat").get("total_inactive_file", 0)
+        d = self.v1_dir("blkio")
+        if d is not None:
+            text = ""
+            for name in ("io_service_bytes_recursive", "bfq.io_service_bytes_recursive",
+                         "throttle.io_service_bytes_recursive"):  # runc's order
+                text = _read(d / f"blkio.{name}")
+                if any(len(x.split()) == 3 for x in text.splitlines()):
+                    break
+            for line in text.splitlines():
+                parts = line.split()
+                if len(parts) == 3 and parts[1] == "Read":
+                    u.blk_read += int(parts[2])
+                elif len(parts) == 3 and parts[1] == "Write":
+                    u.blk_write += int(parts[2])
+        return u
 
     def frozen(self) -> bool:
         d = self.v1_dir("freezer")

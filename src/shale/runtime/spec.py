@@ -88,6 +88,13 @@ class SpecOptions:
     shm_size: int = 64 << 20
     masked_paths: list[str] | None = None  # None: docker's defaults
     readonly_paths: list[str] | None = None
+    # limits, as docker's HostConfig holds them (0 / "": none)
+    memory: int = 0  # bytes
+    memory_swap: int = 0  # memory + swap, bytes; -1: unlimited swap
+    nano_cpus: int = 0  # CPUs x 1e9
+    cpu_shares: int = 0
+    cpuset_cpus: str = ""
+    pids_limit: int = 0  # <0: unlimited
 
 
 def normalize_cap(name: str) -> str:
@@ -191,6 +198,35 @@ def _process(opts: SpecOptions, caps: list[str], warnings: list[str]) -> dict[st
     return process
 
 
+CFS_PERIOD = 100000  # us: docker's period for --cpus
+
+
+def _resources(opts: SpecOptions) -> dict[str, Any]:
+    """docker's ``linux.resources`` for the limits (moby ``getMemoryResources``,
+    ``getCPUResources``, ``getPidsLimit``); only what is set appears."""
+    out: dict[str, Any] = {}
+    memory: dict[str, Any] = {}
+    if opts.memory > 0:
+        memory["limit"] = opts.memory
+    if opts.memory_swap > 0:  # -1 (unlimited) is the cgroup's default: docker writes nothing
+        memory["swap"] = opts.memory_swap
+    if memory:
+        out["memory"] = memory
+    cpu: dict[str, Any] = {}
+    if opts.cpu_shares:
+        cpu["shares"] = opts.cpu_shares
+    if opts.nano_cpus > 0:
+        cpu["quota"] = opts.nano_cpus * CFS_PERIOD // 1_000_000_000
+        cpu["period"] = CFS_PERIOD
+    if opts.cpuset_cpus:
+        cpu["cpus"] = opts.cpuset_cpus
+    if cpu:
+        out["cpu"] = cpu
+    if opts.pids_limit:
+        out["pids"] = {"limit": opts.pids_limit}
+    return out
+
+
 def build_spec(opts: SpecOptions, warnings: list[str] | None = None) -> dict[str, Any]:
     """The OCI runtime spec (1.0.2, what runc 1.1 reads) for ``opts``. Problems the
     container can run despite (capabilities or limits the host lacks) go to ``warnings``."""
@@ -206,7 +242,7 @@ def build_spec(opts: SpecOptions, warnings: list[str] | None = None) -> dict[str
     linux: dict[str, Any] = {
         "namespaces": namespaces,
         "resources": {"devices": [{"allow": True, "access": "rwm"}] if opts.privileged
-                      else [dict(r) for r in DEFAULT_DEVICE_RULES]},
+                      else [dict(r) for r in DEFAULT_DEVICE_RULES], **_resources(opts)},
         "maskedPaths": [] if opts.privileged else list(
             MASKED_PATHS if opts.masked_paths is None else opts.masked_paths),
         "readonlyPaths": [] if opts.privileged else list(
