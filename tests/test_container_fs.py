@@ -126,6 +126,22 @@ def test_diff_never_shows_init_stubs(layered: Shale, tmp_path: Path) -> None:
     assert not any(line.split()[1] in STUBS[:-1] for line in diff)
 
 
+def test_rm_containers_have_a_volatile_layer(layered: Shale) -> None:
+    """A --rm container's layer dies with it: overlay mounts it volatile (no sync of the
+    upper filesystem at unmount, as podman); a kept container's layer stays durable."""
+    def root_mount(*flags: str) -> str:
+        res = layered.proc("run", *flags, "bb", "sh", "-c",
+                           "grep ' / ' /proc/self/mountinfo; echo x > /f; cat /f")
+        assert res.returncode == 0, res
+        assert res.stdout.endswith("x\n"), res.stdout
+        return res.stdout
+    if layered.driver == "overlay":
+        assert "volatile" in root_mount("--rm")
+    else:
+        assert "volatile" not in root_mount("--rm")
+    assert "volatile" not in root_mount()
+
+
 # ---------------------------------------------------------------------- commit / docker
 SCRIPT = ("rm -rf /usr/local/tomcat/webapps/docs /etc/group; "  # a dir and a file deleted
           "rm -rf /data && mkdir /data && echo new > /data/n; "  # opaque: replaced dir

@@ -31,6 +31,7 @@ from shale.fileutil import atomic_write
 
 if TYPE_CHECKING:
     from shale.engine import Engine
+    from shale.mount import Mount
 
 INIT_STUBS_FILES = ("etc/hosts", "etc/hostname", "etc/resolv.conf")
 INIT_STUBS_DIRS = ("proc", "sys", "dev", "dev/pts", "dev/shm", "etc")
@@ -346,10 +347,24 @@ class ContainerStore:
 
         if is_mountpoint(c.rootfs):
             return
-        mount_all(self.engine.snapshots.mounts(c.snapshot_key), c.rootfs)
+        mounts = self.engine.snapshots.mounts(c.snapshot_key)
+        if c.host_config.get("AutoRemove"):
+            mounts = [_volatile(m) for m in mounts]
+        mount_all(mounts, c.rootfs)
 
     def unmount_rootfs(self, c: Container) -> None:
         unmount_rootfs(c)
+
+
+def _volatile(m: Mount) -> Mount:
+    """A ``--rm`` container's writable layer never outlives it, so its overlay is mounted
+    ``volatile`` (as podman does): no sync of the whole upper filesystem at unmount, which
+    costs tens of milliseconds whenever anything else on the host is writing."""
+    from shale.mount import Mount
+
+    if m.type != "overlay" or m.option("upperdir") is None:
+        return m
+    return Mount(m.type, m.source, (*m.options, "volatile"))
 
 
 def _check_name(name: str) -> None:
