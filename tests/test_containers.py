@@ -362,7 +362,7 @@ def test_ps(sh1: Shale) -> None:
     assert [j["Names"] for j in js] == ["gamma", "beta", "alpha"]
     assert js[2]["State"] == "running" and js[2]["Labels"] == "team=a"
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} \w+", js[2]["CreatedAt"])
-    assert js[2]["Networks"] == "host"  # the default network is the host's for now
+    assert js[2]["Networks"] == "bridge"  # docker's default network
     header = sh.ok("ps").splitlines()[0].split()
     assert header == ["CONTAINER", "ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS",
                       "NAMES"]

@@ -25,26 +25,11 @@ INIT_BINARIES = ("/usr/bin/docker-init", "/usr/sbin/docker-init", "/usr/bin/tini
 
 
 def _etc_files(c: Container) -> list[dict[str, Any]]:
-    hostname = c.config.get("Hostname") or c.short_id
-    (c.dir / "hostname").write_text(hostname + "\n")
-    hosts = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-             "fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n"
-             "ff02::2\tip6-allrouters\n")
-    if c.host_config.get("NetworkMode") == "host":
-        try:
-            hosts = Path("/etc/hosts").read_text()
-        except OSError:
-            pass
-    else:
-        hosts += f"127.0.1.1\t{hostname}\n"
-    (c.dir / "hosts").write_text(hosts)
-    try:
-        resolv = Path("/etc/resolv.conf").read_text()
-    except OSError:
-        resolv = ""
-    (c.dir / "resolv.conf").write_text(resolv)
-    return [{"destination": f"/etc/{n}", "type": "bind", "source": str(c.dir / n),
-             "options": ["rbind", "rprivate"]} for n in ("resolv.conf", "hostname", "hosts")]
+    """The files ``network.endpoint.setup`` wrote (or, for ``--network container:X``, X's)."""
+    from shale.network.endpoint import etc_sources
+
+    return [{"destination": f"/etc/{n}", "type": "bind", "source": src,
+             "options": ["rbind", "rprivate"]} for n, src in etc_sources(c).items()]
 
 
 def _volume_mounts(c: Container) -> list[dict[str, Any]]:
@@ -92,6 +77,7 @@ def _ulimits(c: Container) -> dict[str, tuple[int, int]]:
 
 def write_bundle(engine: Engine, c: Container) -> None:
     from shale.fsroot import Root
+    from shale.network.endpoint import spec_network
     from shale.runtime.spec import SpecOptions, build_spec, container_env
     from shale.runtime.users import resolve_user
 
@@ -121,7 +107,7 @@ def write_bundle(engine: Engine, c: Container) -> None:
         no_new_privileges=any(s.startswith("no-new-privileges") and not s.endswith("false")
                               for s in sec),
         ulimits=_ulimits(c),
-        network="none" if hc.get("NetworkMode") == "none" else "host",
+        network=spec_network(c),
         seccomp="seccomp=unconfined" not in sec, cgroups_path=f"/shale/{c.id}",
         root_path=str(c.rootfs), memory=int(hc.get("Memory") or 0),
         memory_swap=int(hc.get("MemorySwap") or 0), nano_cpus=int(hc.get("NanoCpus") or 0),

@@ -53,7 +53,11 @@ class RunOptions:
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
     security_opt: list[str] = field(default_factory=list)
-    network: str = "default"
+    network: str = "default"  # docker's: the default bridge
+    publish: list[str] = field(default_factory=list)      # -p specs, docker's syntax
+    publish_all: bool = False                             # -P
+    expose: list[str] = field(default_factory=list)
+    network_aliases: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
     runtime: str = "builtin"
     attach_stdio: bool = True
@@ -214,9 +218,12 @@ def create(engine: Engine, opts: RunOptions, warnings: list[str] | None = None) 
     if opts.workdir and not opts.workdir.startswith("/"):
         raise InvalidArgument(f"the working directory '{opts.workdir}' is invalid, it needs "
                               "to be an absolute path")
-    if opts.network not in ("default", "host", "none"):
-        raise InvalidArgument(f'network {opts.network} not found (only "host" and "none" '
-                              "exist until bridge networking is available)")
+    from shale.network.config import NetworkRequest, container_network
+
+    warns = warnings if warnings is not None else []
+    net = container_network(engine, NetworkRequest(
+        opts.network, opts.publish, opts.publish_all, opts.expose, opts.network_aliases,
+        opts.hostname), icfg.get("ExposedPorts") or {}, warns)
     entry: list[str] | None = icfg.get("Entrypoint")
     cmd: list[str] | None = icfg.get("Cmd")
     if opts.entrypoint is not None:
@@ -230,9 +237,11 @@ def create(engine: Engine, opts: RunOptions, warnings: list[str] | None = None) 
         raise InvalidArgument("No command specified")
     store = ContainerStore(engine)
     config = {
-        "Hostname": opts.hostname, "Domainname": "", "User": opts.user or icfg.get("User", ""),
+        "Hostname": opts.hostname or net.hostname, "Domainname": "",
+        "User": opts.user or icfg.get("User", ""),
         "AttachStdin": opts.interactive and opts.attach_stdio,
         "AttachStdout": opts.attach_stdio, "AttachStderr": opts.attach_stdio,
+        "ExposedPorts": net.exposed or None,
         "Tty": opts.tty, "OpenStdin": opts.interactive, "StdinOnce": opts.interactive,
         "Env": _merge_env(icfg.get("Env") or [], opts.env), "Cmd": cmd,
         "Image": opts.image, "Volumes": icfg.get("Volumes"),
@@ -247,20 +256,22 @@ def create(engine: Engine, opts: RunOptions, warnings: list[str] | None = None) 
         config["StopTimeout"] = opts.stop_timeout
     host_config: dict[str, Any] = {
         "Binds": [v for v in opts.volumes if ":" in v] or None,
-        "NetworkMode": opts.network, "RestartPolicy": _restart_policy(opts.restart),
+        "NetworkMode": net.mode, "PortBindings": net.port_bindings,
+        "PublishAllPorts": net.publish_all, "RestartPolicy": _restart_policy(opts.restart),
         "AutoRemove": opts.auto_remove, "VolumeDriver": "", "CapAdd": opts.cap_add or None,
         "CapDrop": opts.cap_drop or None, "Privileged": opts.privileged,
         "ReadonlyRootfs": opts.read_only, "SecurityOpt": opts.security_opt or None,
         "Tmpfs": _tmpfs_map(opts.tmpfs) or None, "Ulimits": _ulimits(opts.ulimits) or None,
         "Init": opts.init or None, "Runtime": opts.runtime,
-        **resource_config(opts, warnings if warnings is not None else []),
+        **resource_config(opts, warns),
     }
     if opts.auto_remove and host_config["RestartPolicy"]["Name"] != "no":
         raise InvalidArgument("Conflicting options: --restart and --rm")
     mounts = _mounts_from_flags(engine, opts, icfg.get("Volumes") or {})
     record = {"Created": format_time(time.time()), "Path": args[0], "Args": args[1:],
               "Image": img.id.value, "Driver": engine.driver, "Platform": "linux",
-              "Config": config, "HostConfig": host_config, "Mounts": mounts}
+              "Config": config, "HostConfig": host_config, "Mounts": mounts,
+              "NetworkingConfig": {"EndpointsConfig": net.endpoints}}
     chain = engine.unpack(img)
     c = store.create(record, opts.name)
     try:
@@ -353,17 +364,28 @@ def start(engine: Engine, c: Container, attached: bool) -> int:
     try:
         with contextlib.suppress(FileNotFoundError):
             (c.dir / "stop-requested").unlink()
-        store.unmount_rootfs(c)
-        with engine.lock():
-            store.mount_rootfs(c)
-        try:
-            from shale.bundle import write_bundle
+        from shale.network import endpoint as net
 
-            write_bundle(engine, c)
-            return monitor.spawn(engine, c, attached, lock)
-        except BaseException:
+        plan = net.plan(engine, c)
+        sandbox = os.urandom(32).hex()
+        bound = net.bind_ports(c, plan, sandbox)  # first: a port taken fails, leaving nothing
+        try:
             store.unmount_rootfs(c)
-            raise
+            with engine.lock():
+                store.mount_rootfs(c)
+            try:
+                from shale.bundle import write_bundle
+
+                state = net.setup(c, plan, bound, sandbox)
+                write_bundle(engine, c)
+                return monitor.spawn(engine, c, attached, lock, net.proxies(bound, state))
+            except BaseException:
+                net.teardown(c.dir, delete_links=True)
+                store.unmount_rootfs(c)
+                raise
+        finally:
+            for b in bound:  # the monitor has its own copies
+                b.sock.close()
     finally:
         os.close(lock)
 
@@ -463,6 +485,9 @@ def remove_container(engine: Engine, c: Container, *, force: bool, volumes: bool
         wait_stopped(engine, c, 30)
     elif not locked and monitor_alive(c.lock_path):
         wait_stopped(engine, c, 10)  # it recorded the exit and is unmounting: let it finish
+    from shale.network.endpoint import teardown
+
+    teardown(c.dir)  # the monitor did it, unless it died
     store.unmount_rootfs(c)
     with engine.lock():
         store.remove_snapshots(c)
@@ -545,6 +570,9 @@ def _finalize_orphan(engine: Engine, c: Container) -> None:
     with contextlib.suppress(Exception):
         rt = get_runtime(c.host_config.get("Runtime") or "builtin", engine.root / "runtime")
         rt.delete(c.id, force=True)
+    from shale.network.endpoint import teardown
+
+    teardown(c.dir)
     try:
         st = State.from_json(json.loads(c.state_path.read_text()))
     except (OSError, ValueError):

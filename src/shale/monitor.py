@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,11 +34,14 @@ if TYPE_CHECKING:
 
 
 # ---- spawning ----------------------------------------------------------------------------
-def spawn(engine: Engine, c: Container, attached: bool, lock: int) -> int:
+def spawn(engine: Engine, c: Container, attached: bool, lock: int,
+          proxies: Sequence[tuple[socket.socket, str, tuple[str, int]]] = ()) -> int:
     """Start the monitor; returns the read end of its status pipe. The status pipe carries
     ``L`` once the attach socket listens (attached mode) and then ``S`` (started) or
     ``E<code> <message>`` (failed), then closes. ``lock`` is the container's monitor lock,
-    taken by the caller: the monitor holds it (the same open file) for its whole life."""
+    taken by the caller: the monitor holds it (the same open file) for its whole life.
+    ``proxies``: published host sockets (bound by the caller) the monitor relays to the
+    container while it runs: (socket, protocol, container address)."""
     rd, wr = os.pipe()
     # The monitor never touches SQLite: it inherits the record through fork and keeps
     # state in files. (SQLite's locks are per process; a forked child must not use, or
@@ -48,7 +52,7 @@ def spawn(engine: Engine, c: Container, attached: bool, lock: int) -> int:
             os.close(rd)
             os.setsid()
             if os.fork() == 0:
-                _monitor_main(engine.root, c, wr, attached, lock)
+                _monitor_main(engine.root, c, wr, attached, lock, proxies)
             os._exit(0)
         except BaseException:
             os._exit(1)
@@ -74,11 +78,12 @@ def read_status(fd: int) -> tuple[str, int, str]:
 
 # ---- the monitor -------------------------------------------------------------------------
 def _monitor_main(root: Path, c: Container, status_fd: int, attached: bool,
-                  lock: int) -> None:
+                  lock: int, proxies: Sequence[tuple[socket.socket, str, tuple[str, int]]]
+                  ) -> None:
     code = 0
     try:
-        _detach_fds(keep={status_fd, lock})
-        Monitor(root, c, status_fd, attached, lock).run()
+        _detach_fds(keep={status_fd, lock, *(p[0].fileno() for p in proxies)})
+        Monitor(root, c, status_fd, attached, lock, proxies).run()
     except BaseException:
         code = 1
         with contextlib.suppress(Exception):
@@ -141,7 +146,8 @@ class _Log:
 
 class Monitor:
     def __init__(self, root: Path, c: Container, status_fd: int, attached: bool,
-                 lock: int) -> None:
+                 lock: int, proxies: Sequence[tuple[socket.socket, str, tuple[str, int]]] = ()
+                 ) -> None:
         self.root = root
         self.lock = lock
         self.c = c
@@ -157,6 +163,11 @@ class Monitor:
         self.exit_sent = False
         self.hello = False  # the first client's hello (stdin wanted, tty size) arrived
         self.size = b""  # "rows cols" for a pty that does not exist yet
+        self.proxies: list[Any] = []
+        if proxies:
+            from shale.network.proxy import PortProxy
+
+            self.proxies = [PortProxy(self.sel, *p) for p in proxies]
 
     # ---- lifecycle -----------------------------------------------------------------------
     def run(self) -> None:
@@ -224,7 +235,11 @@ class Monitor:
         st.StartedAt, st.FinishedAt = format_time(time.time()), "0001-01-01T00:00:00Z"
         write_state(self.c, st)
         self._status(b"S")
+        for proxy in self.proxies:  # published ports are served while the container runs
+            proxy.start()
         code = self._pump(pid, fds)
+        for proxy in self.proxies:
+            proxy.stop()
         st.Status, st.Running, st.Paused, st.Pid = "exited", False, False, 0
         st.ExitCode, st.FinishedAt = code, format_time(time.time())
         st.OOMKilled = self._oom_killed(rt)
@@ -295,9 +310,11 @@ class Monitor:
             events = self.sel.select(timeout)
             if not events and deadline is not None:
                 break
-            for key, _ in events:
+            for key, mask in events:
                 kind, name = key.data
-                if kind == "exit" and exited is None:
+                if kind == "proxy":
+                    name(mask)
+                elif kind == "exit" and exited is None:
                     exited = _reap(pid)
                     self.sel.unregister(pidfd)
                     os.close(pidfd)
@@ -438,6 +455,13 @@ class Monitor:
         self.exit_sent = True
 
     def _finish(self, st: State) -> None:
+        for proxy in self.proxies:
+            proxy.close()
+        with contextlib.suppress(Exception):
+            # docker releases a stopped container's address and ports at once
+            from shale.network.endpoint import teardown
+
+            teardown(self.c.dir)
         with contextlib.suppress(Exception):
             unmount_rootfs(self.c)
         write_state(self.c, st)

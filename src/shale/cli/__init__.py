@@ -35,6 +35,7 @@ VERB_MODULES: dict[str, str] = {
     "commit": "container_cmds", "export": "container_cmds", "cp": "container_cmds",
     "container": "container_cmds", "volume": "container_cmds",
     "stats": "stats_cmds",
+    "network": "network_cmds", "port": "network_cmds",
     "build": "build_cmds",
     "pull": "registry_cmds", "push": "registry_cmds", "login": "registry_cmds",
     "logout": "registry_cmds",

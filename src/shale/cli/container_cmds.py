@@ -180,6 +180,7 @@ def _command(c: Container, trunc: bool) -> str:
 
 def _ps_rows(engine: Engine, ns: argparse.Namespace) -> list[dict[str, Any]]:
     from shale.cli.table import human_duration_ago
+    from shale.network.settings import ps_ports
 
     store = _store(engine)
     now = time.time()
@@ -209,7 +210,8 @@ def _ps_rows(engine: Engine, ns: argparse.Namespace) -> list[dict[str, Any]]:
             "Command": _command(c, not ns.no_trunc),
             "CreatedAt": _go_time(c.created), "RunningFor": human_duration_ago(c.created,
                                                                                  now),
-            "Status": status_text(st, now), "State": st.Status, "Ports": "",
+            "Status": status_text(st, now), "State": st.Status,
+            "Ports": ps_ports(c, st.Running),
             "Names": c.name, "Labels": ",".join(f"{k}={v}" for k, v in
                                                 (c.config.get("Labels") or {}).items()),
             "Mounts": ",".join(m.get("Name") or m.get("Source", "")
@@ -225,9 +227,9 @@ def _go_time(t: float) -> str:
 
 
 def _network(c: Container) -> str:
-    """The network a container is on: "default" is the host's until bridges exist."""
-    mode = c.host_config.get("NetworkMode") or "default"
-    return "host" if mode == "default" else str(mode)
+    from shale.network.settings import ps_networks
+
+    return ps_networks(c)
 
 
 def _ps_match(engine: Engine, c: Container, st: State, f: dict[str, list[str]]) -> bool:
@@ -412,13 +414,16 @@ def container_inspect(engine: Engine, c: Container) -> dict[str, Any]:
     from shale.cli.inspect_image import docker_config
     from shale.container_ops import state_json
     from shale.containers import read_state
+    from shale.network.endpoint import etc_sources
+    from shale.network.settings import network_settings
 
     st = read_state(c)
     r = c.record
+    etc = etc_sources(c)
     out = {"Id": c.id, "Created": r["Created"], "Path": r["Path"], "Args": r["Args"],
            "State": state_json(st), "Image": c.image,
-           "ResolvConfPath": str(c.dir / "resolv.conf"),
-           "HostnamePath": str(c.dir / "hostname"), "HostsPath": str(c.dir / "hosts"),
+           "ResolvConfPath": etc["resolv.conf"],
+           "HostnamePath": etc["hostname"], "HostsPath": etc["hosts"],
            "LogPath": str(c.log_path), "Name": "/" + c.name,
            "RestartCount": st.RestartCount, "Driver": r.get("Driver", engine.driver),
            "Platform": "linux", "MountLabel": "", "ProcessLabel": "", "AppArmorProfile": "",
@@ -426,9 +431,7 @@ def container_inspect(engine: Engine, c: Container) -> dict[str, Any]:
            "GraphDriver": {"Data": None, "Name": r.get("Driver", engine.driver)},
            "Mounts": [{k: v for k, v in m.items()} for m in r.get("Mounts", [])],
            "Config": docker_config(c.config),
-           "NetworkSettings": {"Bridge": "", "SandboxID": "", "HairpinMode": False,
-                               "Ports": {}, "SandboxKey": "",
-                               "Networks": {_network(c): {}}}}
+           "NetworkSettings": network_settings(c, st.Running)}
     return out
 
 

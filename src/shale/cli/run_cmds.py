@@ -45,6 +45,10 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cap-drop", action="append", default=[])
     p.add_argument("--security-opt", action="append", default=[])
     p.add_argument("--network", "--net", default="default")
+    p.add_argument("--network-alias", "--net-alias", action="append", default=[])
+    p.add_argument("-p", "--publish", action="append", default=[])
+    p.add_argument("-P", "--publish-all", action="store_true")
+    p.add_argument("--expose", action="append", default=[])
     p.add_argument("-l", "--label", action="append", default=[])
     p.add_argument("--runtime", default="builtin", choices=["builtin", "runc"])
     p.add_argument("-m", "--memory", default="")
@@ -183,7 +187,8 @@ def _options(ns: argparse.Namespace) -> Any:
         init=ns.init, stop_signal=ns.stop_signal, stop_timeout=ns.stop_timeout,
         restart=ns.restart, ulimits=ns.ulimit, privileged=ns.privileged,
         cap_add=ns.cap_add, cap_drop=ns.cap_drop, security_opt=ns.security_opt,
-        network=ns.network, labels=labels, runtime=ns.runtime,
+        network=ns.network, publish=ns.publish, publish_all=ns.publish_all,
+        expose=ns.expose, network_aliases=ns.network_alias, labels=labels, runtime=ns.runtime,
         attach_stdio=not getattr(ns, "detach", False), **_limits(ns))
 
 

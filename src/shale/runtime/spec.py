@@ -81,7 +81,7 @@ class SpecOptions:
     mounts: list[dict[str, Any]] = field(default_factory=list)
     no_new_privileges: bool = False
     ulimits: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (soft, hard)
-    network: str = "host"  # "host" | "none"
+    network: str = "host"  # "host" | "none" (a new, empty namespace) | a namespace's path
     seccomp: bool = True
     cgroups_path: str = ""
     root_path: str = "rootfs"
@@ -232,13 +232,16 @@ def build_spec(opts: SpecOptions, warnings: list[str] | None = None) -> dict[str
     container can run despite (capabilities or limits the host lacks) go to ``warnings``."""
     if not opts.args:
         raise InvalidArgument("no command specified")
-    if opts.network not in ("host", "none"):
-        raise InvalidArgument(f"network {opts.network!r} is not supported (host, none)")
+    if opts.network not in ("host", "none") and not opts.network.startswith("/"):
+        raise InvalidArgument(f"network {opts.network!r} is not supported (host, none, or "
+                              "the path of a network namespace)")
     warns = warnings if warnings is not None else []
     caps = resolve_caps(opts, warns)
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
     if opts.network == "none":
         namespaces.append({"type": "network"})
+    elif opts.network != "host":
+        namespaces.append({"type": "network", "path": opts.network})
     linux: dict[str, Any] = {
         "namespaces": namespaces,
         "resources": {"devices": [{"allow": True, "access": "rwm"}] if opts.privileged
