@@ -548,6 +548,10 @@ def cleanup_dead(engine: Engine) -> None:
         if orphaned and c.host_config.get("AutoRemove"):
             with contextlib.suppress(ShaleError):
                 remove_container(engine, c, force=True, volumes=True)
+    from shale.network.reconcile import sweep
+
+    with contextlib.suppress(Exception):  # never fail the command that happened to run it
+        sweep()  # what dead containers of any data root left on the host's network
 
 
 def _raw_status(c: Container) -> str:

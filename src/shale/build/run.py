@@ -2,10 +2,11 @@
 runs in.
 
 A RUN executes in a container of the default runtime on the previous step's image, with
-the image's Env (plus the stage's build args), WorkingDir and User, on the host's network
-unless ``--network`` says otherwise. Its output goes to the build's stdout (stderr too, as
-docker's build stream does); with ``-q`` it is kept and shown only if the step fails. The
-layer is the container's writable layer, read through the snapshotter's own diff.
+the image's Env (plus the stage's build args), WorkingDir and User, on the default bridge
+(as docker's classic builder) unless ``--network`` says otherwise. Its output goes to the
+build's stdout (stderr too, as docker's build stream does); with ``-q`` it is kept and
+shown only if the step fails. The layer is the container's writable layer, read through
+the snapshotter's own diff.
 """
 
 from __future__ import annotations
@@ -166,8 +167,8 @@ def _run_container(engine: Engine, req: RunRequest, volumes: list[str], tmpfs: l
     from shale.monitor import read_status
 
     opts = RunOptions(image=req.parent.id.value, cmd=req.command.argv, entrypoint="",
-                      env=req.env, network="host" if req.network in ("", "default")
-                      else req.network, volumes=volumes, tmpfs=tmpfs, attach_stdio=True)
+                      env=req.env, network=req.network or "default",  # docker's: the bridge
+                      volumes=volumes, tmpfs=tmpfs, attach_stdio=True)
     c = create(engine, opts)
     if not req.quiet:
         print(f" ---> Running in {c.short_id}", flush=True)

@@ -272,9 +272,9 @@ def run(b: Builder, st: StageState, instr: Instruction) -> None:
     security = instr.flag("security")
     if security not in ("", "sandbox"):
         raise DockerfileError(f"RUN --security={security} is not supported")
+    if instr.flag("network") not in ("", "default", "none", "host"):
+        raise DockerfileError(f"unsupported network mode \"{instr.flag('network')}\"")
     network = instr.flag("network") or b.opts.network
-    if network not in ("default", "none", "host"):
-        raise DockerfileError(f"unsupported network mode \"{network}\"")
     env = b.env(st)
     mounts = [parse_mount(m, lambda w: b.expand_word(instr, w, env))
               for m in instr.flags.get("mount", [])]

@@ -50,9 +50,11 @@ def cmd_build(engine: Engine, ns: argparse.Namespace) -> int:
     from shale.refs import Reference
 
     tags = [Reference.parse(t).with_default_tag() for t in ns.tag]
-    if ns.network not in ("default", "host", "none"):
-        raise InvalidArgument(f"network mode \"{ns.network}\" not supported by shale build "
-                              "(default, host, none)")
+    if ns.network not in ("default", "bridge", "host", "none") and \
+            not ns.network.startswith("container:"):
+        from shale.network.store import NetworkStore
+
+        NetworkStore(engine).get(ns.network)  # an unknown network fails before any step
     stdin = sys.stdin.buffer
     if ns.context == "-":
         if ns.file == "-":

@@ -213,14 +213,13 @@ def cmd_create(engine: Engine, ns: argparse.Namespace) -> int:
 
 
 def cmd_run(engine: Engine, ns: argparse.Namespace) -> int:
-    from shale.container_ops import start
     from shale.monitor import read_status
 
     if ns.tty and ns.interactive and not sys.stdin.isatty():
         raise InvalidArgument("the input device is not a TTY")
     c = _create(engine, ns)
     if ns.detach:
-        status = start(engine, c, attached=False)
+        status = _start(engine, c, attached=False)
         _print_warnings(c)
         kind, code, msg = read_status(status)
         os.close(status)
@@ -237,10 +236,9 @@ def _start_attached(engine: Engine, c: Container, stdin: bool, sig_proxy: bool,
     """Start ``c`` attached; its exit code, or the start error's (``start_error`` instead
     when given: docker's ``start -a`` exits 1 where ``run`` exits 125/126/127)."""
     from shale import attach
-    from shale.container_ops import start
     from shale.monitor import read_status
 
-    status = start(engine, c, attached=True)
+    status = _start(engine, c, attached=True)
     _print_warnings(c)
     sock = None
     try:
@@ -267,6 +265,17 @@ def _start_attached(engine: Engine, c: Container, stdin: bool, sig_proxy: bool,
     if result.get("Error"):
         print(f"Error: {result['Error']}", file=sys.stderr)
     return int(result.get("ExitCode", 125))
+
+
+def _start(engine: Engine, c: Container, attached: bool) -> int:
+    """``start``; a ``--rm`` container that cannot start is removed, as docker does."""
+    from shale.container_ops import start
+
+    try:
+        return start(engine, c, attached=attached)
+    except ShaleError:
+        _auto_remove(engine, c)
+        raise
 
 
 def _print_warnings(c: Container) -> None:

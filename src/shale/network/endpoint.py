@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from shale.errors import Conflict, ShaleError
 from shale.fileutil import atomic_write
-from shale.network import hosts, ipam
+from shale.network import hosts, ipam, reconcile
 from shale.network.config import endpoints_config, network_mode
 
 if TYPE_CHECKING:
@@ -163,6 +163,7 @@ def _setup_bridged(c: Container, p: Plan, bound: list[Bound], state: dict[str, A
     with Netlink() as host_nl:
         made = [(net, aliases, *bridge.ensure(host_nl, net.bridge_config()))
                 for net, aliases in p.networks]
+        reconcile.claim(c.id, c.dir)  # first made, last removed: the crash sweep's anchor
         pin = ipam.NETNS_DIR / c.id
         ns_fd, ns_nl = netns.create(pin)
         state["netns"], state["owns_netns"] = str(pin), True
@@ -308,6 +309,7 @@ def undo(state: dict[str, Any], delete_links: bool) -> None:
     if state.get("owns_netns") and state.get("netns"):
         netns.remove(state["netns"])
     _forget_joiner(state)
+    reconcile.release(cid)
     for ep in eps:
         if ep.get("resolve"):
             with ipam.bridge_lock(ep["bridge"]):
