@@ -25,8 +25,9 @@ from container_fixtures import (  # noqa: F401 (fixtures)
 
 from shale.cli.run_cmds import ram_in_bytes
 from shale.cli.stats_cmds import Reading, bytes_size, row
-from shale.container_ops import RunOptions, parse_uint_list, resource_config
+from shale.container_ops import RunOptions
 from shale.errors import InvalidArgument
+from shale.limits import parse_uint_list, resource_config
 from shale.runtime import cgroups
 from shale.runtime.cgroups import Cgroup, Layout, Support, host_support, shares_to_weight
 from shale.runtime.spec import SpecOptions, build_spec
