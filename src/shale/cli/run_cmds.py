@@ -238,7 +238,7 @@ def _start_attached(engine: Engine, c: Container, stdin: bool, sig_proxy: bool,
     from shale import attach
     from shale.monitor import read_status
 
-    status = _start(engine, c, attached=True)
+    status = _start(engine, c, attached=True, for_run=start_error is None)
     _print_warnings(c)
     sock = None
     try:
@@ -267,14 +267,17 @@ def _start_attached(engine: Engine, c: Container, stdin: bool, sig_proxy: bool,
     return int(result.get("ExitCode", 125))
 
 
-def _start(engine: Engine, c: Container, attached: bool) -> int:
-    """``start``; a ``--rm`` container that cannot start is removed, as docker does."""
+def _start(engine: Engine, c: Container, attached: bool, for_run: bool = True) -> int:
+    """``start``; a ``--rm`` container that cannot start is removed, and ``run`` exits 125
+    on any engine error there (docker's CLI), as on one of ``create``."""
     from shale.container_ops import start
 
     try:
         return start(engine, c, attached=attached)
-    except ShaleError:
+    except ShaleError as e:
         _auto_remove(engine, c)
+        if for_run:
+            e.exit_code = 125
         raise
 
 

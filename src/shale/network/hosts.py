@@ -93,9 +93,18 @@ def resolv_conf(host_network: bool) -> str:
         text = ""
     if host_network:
         return text
-    if _only_loopback(text) and os.path.exists(RESOLVED_UPSTREAM):
+    upstream = ""
+    if _only_loopback(text):
         with contextlib.suppress(OSError):
-            text = Path(RESOLVED_UPSTREAM).read_text()  # systemd-resolved's real servers
+            upstream = Path(RESOLVED_UPSTREAM).read_text()  # systemd-resolved's servers
+    return filter_resolv(text, upstream)
+
+
+def filter_resolv(text: str, upstream: str = "") -> str:
+    """docker's ``FilterResolvDNS``: loopback servers out (``upstream``, systemd-resolved's
+    own list, replaces a file that has nothing else), the defaults if none is left."""
+    if upstream and _only_loopback(text):
+        text = upstream
     lines = [ln for ln in text.splitlines() if not _loopback_server(ln)]
     if not any(ln.split()[:1] == ["nameserver"] for ln in lines):
         lines += [f"nameserver {ip}" for ip in DEFAULT_DNS]
