@@ -287,6 +287,8 @@ class Figure:
 
 
 def fmt_time(s: float) -> str:
+    if s < 0.01:
+        return f"{s * 1000:.1f} ms"
     return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.2f} s"
 
 
@@ -340,8 +342,8 @@ def measure(fns: dict[str, Callable[[], Proc]], n: int, warm: int,
             problem: Callable[[str], None] | None = None) -> dict[str, Figure]:
     """Median of n timed calls of each function after `warm` untimed ones, the engines
     interleaved round by round so that load from elsewhere on the machine falls on all of
-    them alike. Peak RSS is the highest seen. A side column (a key starting with "podman"
-    or "runc") may fail: it is dropped (and reported), the others go on."""
+    them alike. Peak RSS is the highest seen. A side column (a key starting with "podman",
+    "runc" or "none") may fail: it is dropped (and reported), the others go on."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     rss: dict[str, int | None] = dict.fromkeys(fns)
     live = dict(fns)
@@ -350,7 +352,7 @@ def measure(fns: dict[str, Callable[[], Proc]], n: int, warm: int,
             try:
                 r = fn()
             except CommandFailed as e:
-                if not key.startswith(("podman", "runc")) or problem is None:
+                if not key.startswith(("podman", "runc", "none")) or problem is None:
                     raise
                 problem(f"{key} skipped: {str(e).strip().splitlines()[-1][:300]}")
                 del live[key]
@@ -543,6 +545,39 @@ def tar_stats(path: Path) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------- the bench
+NETSETUP = """
+import json, os, statistics, sys, time
+from shale.container_ops import RunOptions, create, remove_container
+from shale.containers import take_lock
+from shale.engine import Engine
+from shale.network import endpoint as net
+root, image, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+engine = Engine(root)
+out = {}
+for key, publish in (("plain", []), ("port", ["80"])):
+    ups, downs = [], []
+    for i in range(n + 2):  # a container each: veth names are never reused in a loop
+        c = create(engine, RunOptions(image=image, cmd=["true"], publish=publish))
+        lock = take_lock(c)
+        t0 = time.perf_counter()
+        plan = net.plan(engine, c)
+        bound = net.bind_ports(c, plan, "bench")
+        net.setup(c, plan, bound, "bench")
+        t1 = time.perf_counter()
+        for b in bound:
+            b.sock.close()
+        net.teardown(c.dir)
+        t2 = time.perf_counter()
+        if i >= 2:
+            ups.append(t1 - t0)
+            downs.append(t2 - t1)
+        os.close(lock)
+        remove_container(engine, c, force=True, volumes=True)
+    out[key], out[key + "_down"] = statistics.median(ups), statistics.median(downs)
+print(json.dumps(out))
+"""
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -782,9 +817,11 @@ class Bench:
                            (lambda: pm("run", "--rm", *pm.ulimits, img, "true")) if pm else None)
         if shutil.which("runc"):
             fns["runc"] = lambda: sh("run", "--rm", "--runtime", "runc", img, "true")
+        fns["none"] = lambda: sh("run", "--rm", "--network", "none", img, "true")
         f = self.measure(fns, n, warm)
         d = f.get("docker")
         for key, label in (("shale", f"run --rm true (median/{n})"),
+                           ("none", "  run --network none"),
                            ("runc", "  run --runtime runc")):
             if key not in f:
                 continue
@@ -793,6 +830,22 @@ class Bench:
             if d and d.seconds and s.seconds:
                 tgt = f"<=1/3 docker: {'met' if s.seconds * 3 <= d.seconds else 'MISSED'}"
             self.table.row(label, "time", s, d, f.get("podman"), tgt)
+        self.netsetup(img)
+
+    def netsetup(self, img: str) -> None:
+        """The network part of a container's start, in-process (what `start` adds to a
+        run): namespace, veth pair, address, route, /etc files, and with one published
+        port the host socket and the iptables rules; then its teardown."""
+        n = self.n(20, 5)
+        py = script_interpreter(self.shale.exe)
+        r = call([py, "-c", NETSETUP, str(self.shale.root), img, str(n)])
+        got = json.loads(r.out)
+        for key, label in (("plain", f"network setup (median/{n})"),
+                           ("port", "  with one -p port"),
+                           ("plain_down", "  teardown"), ("port_down", "  teardown with -p")):
+            tgt = "< 20 ms: " + ("met" if got[key] < 0.020 else "MISSED") \
+                if not key.endswith("down") else ""
+            self.table.row(label, "time", Figure(got[key]), target=tgt)
 
     # -- 4. exec CTR true
     def exec(self) -> None:

@@ -15,7 +15,7 @@ monitor never opens the database) and its errors must reach ``run`` as docker's.
 ``network.json``: ``{"id", "mode", "hostname", "netns", "owns_netns", "sandbox_id",
 "shared_from", "endpoints": {network name: {network_id, bridge, veth, ifname, ip,
 prefixlen, gateway, mac, endpoint_id, resolve, aliases}}, "ports": [...], "exposed": [...],
-"rules"}``.
+"rules" (true, or the iptables batch added, which teardown takes back as it is)}``.
 """
 
 from __future__ import annotations
@@ -176,10 +176,10 @@ def _setup_bridged(c: Container, p: Plan, bound: list[Bound], state: dict[str, A
     primary = next(iter(state["endpoints"].values()), None)
     if bound and primary is not None:
         state["rules"] = True  # before adding: a failure half way still removes them
-        iptables.add_ports(c.id, primary["bridge"], [
+        state["rules"] = iptables.add_ports(c.id, primary["bridge"], [
             iptables.PortRule(b.binding.proto, b.binding.host_ip, b.binding.host_port,
                               primary["ip"], b.binding.ctr_port)
-            for b in bound if ":" not in b.binding.host_ip])
+            for b in bound if ":" not in b.binding.host_ip]) or True
 
 
 def attach(host_nl: Netlink, ns_fd: int, ns_nl: Netlink, c: Container,
@@ -300,8 +300,9 @@ def undo(state: dict[str, Any], delete_links: bool) -> None:
     cid = state["id"]
     eps = list((state.get("endpoints") or {}).values())
     if state.get("rules"):
+        added = state["rules"] if isinstance(state["rules"], dict) else None
         with contextlib.suppress(ShaleError):
-            iptables.remove_container(cid)
+            iptables.remove_container(cid, added)
     if eps and (delete_links or _joiners_alive(state)):
         _delete_links(eps)
     for ep in eps:

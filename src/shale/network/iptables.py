@@ -152,16 +152,26 @@ def remove_bridge(bridge: str) -> None:
         restore(_tagged(save(), f"shale-net:{bridge}"))
 
 
-def add_ports(cid: str, bridge: str, rules: list[PortRule]) -> None:
-    if rules:
+def add_ports(cid: str, bridge: str, rules: list[PortRule]) -> dict[str, list[str]]:
+    """Add them; returns the batch, which ``remove_container`` takes back as it is."""
+    batch = port_rules(cid, bridge, rules) if rules else {}
+    if batch:
         with locked(LOCK):
-            restore(port_rules(cid, bridge, rules))
+            restore(batch)
+    return batch
 
 
-def remove_container(cid: str) -> None:
-    """Every rule of container ``cid`` (found by its comment, so a crash in the middle of
-    adding them leaves nothing the next teardown misses)."""
+def remove_container(cid: str, added: dict[str, list[str]] | None = None) -> None:
+    """Every rule of container ``cid``: the ``added`` batch deleted as it is (one
+    iptables-restore), else, or if any of it is gone, those ``iptables-save`` shows with
+    its comment (so a crash in the middle of adding them leaves nothing behind)."""
     with locked(LOCK):
+        if added:
+            try:
+                restore({t: ["-D" + ln[2:] for ln in lines] for t, lines in added.items()})
+                return
+            except ShaleError:
+                pass  # some were removed already: the batch failed as a whole
         restore(_tagged(save(), f"shale:{cid}"))
 
 
