@@ -2,7 +2,8 @@
 
 Built at every start from the container record: user and groups from the image's passwd
 (read inside the rootfs, never through a symlink out of it), docker's env, mounts for
-volumes, binds, tmpfs and the /etc/hosts|hostname|resolv.conf files, ``--init``.
+volumes, binds, tmpfs and the /etc/hosts|hostname|resolv.conf files (written by
+``network.endpoint.setup`` just before), the network namespace to join, ``--init``.
 """
 
 from __future__ import annotations
