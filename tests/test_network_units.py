@@ -240,3 +240,12 @@ def test_proxy_relays_tcp_and_udp() -> None:
         assert reply == b"got %d" % (4 << 20)
         bad = stack.enter_context(socket.create_connection(host_bad.getsockname(), timeout=5))
         assert bad.recv(10) == b""  # the proxy closes it: nothing listens upstream
+
+
+def test_aliases_are_host_names() -> None:
+    from shale.network.config import check_aliases
+
+    check_aliases(["web", "db-1.internal", "_x"])
+    for bad in ("a b", "x\n127.0.0.1 evil", "", "-x"):
+        with pytest.raises(InvalidArgument, match="invalid network alias"):
+            check_aliases([bad])

@@ -44,6 +44,7 @@ def container_network(engine: Engine, req: NetworkRequest, image_exposed: dict[s
     from shale.network import ports
     from shale.network.store import NetworkStore
 
+    check_aliases(req.aliases)
     bindings, published = ports.parse_publish(req.publish)
     exposed = dict.fromkeys([*(image_exposed or {}), *ports.parse_expose(req.expose),
                              *published])
@@ -77,6 +78,16 @@ def _container_mode(engine: Engine, req: NetworkRequest, mode: str,
     target = ContainerStore(engine).get(mode.partition(":")[2])
     return NetworkFields(f"container:{target.id}", {}, False, {k: {} for k in exposed}, {},
                          hostname=target.config.get("Hostname") or target.short_id)
+
+
+def check_aliases(aliases: list[str]) -> None:
+    """An alias becomes a name in /etc/hosts: a host name's characters only."""
+    import re
+
+    for alias in aliases:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}", alias):
+            raise InvalidArgument(f"invalid network alias {alias!r}: letters, digits, "
+                                  "'.', '-' and '_' only")
 
 
 def network_mode(host_config: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from shale.errors import Conflict
 from shale.fileutil import atomic_write
 from shale.network import endpoint, hosts, ipam
-from shale.network.config import endpoints_config, network_mode
+from shale.network.config import check_aliases, endpoints_config, network_mode
 
 if TYPE_CHECKING:
     from shale.containers import Container
@@ -40,6 +40,7 @@ def connect(engine: Engine, c: Container, net: Network, aliases: list[str]) -> N
     from shale.containers import ContainerStore
 
     _check(c, net)
+    check_aliases(aliases)
     eps = endpoints_config(c.record)
     if net.name in eps:
         raise Conflict(f"endpoint with name {c.name} already exists in network {net.name}")
