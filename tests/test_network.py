@@ -211,6 +211,9 @@ def test_default_bridge_by_address_not_by_name(shale: Shale) -> None:
                    "break; sleep 0.2; done; cat /etc/hosts")
     assert out.startswith("hello from ")
     assert "srv" not in out.split("\n", 1)[1]  # the default bridge resolves no names
+    net_io = shale.ok("stats", "--no-stream", "--format", "{{.NetIO}}", "srv").strip()
+    assert re.fullmatch(r"[\d.]+k?B / [\d.]+k?B", net_io) and not net_io.startswith("0B"), \
+        net_io  # stats counts the container's own interfaces
     lines = out.strip().splitlines()
     assert re.fullmatch(r"\d+\.\d+\.\d+\.\d+\t[0-9a-f]{12}", lines[-1])
 
