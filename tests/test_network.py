@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import socket
 import subprocess
@@ -183,18 +184,19 @@ def test_dnat_from_another_namespace(sh1: Shale) -> None:
     cid = sh1.detach("-p", f"{port}:80", "bb", "sh", "-c", HTTPD)
     http_get(port)
     ns, host_if = f"shaletest{os.getpid()}", f"stv{os.getpid() % 100000}"
+    net = f"10.254.{os.getpid() % 250}"  # two test runs at once get two subnets
     sh = ["sh", "-c", f"""set -e
         ip netns add {ns}
         ip link add {host_if} type veth peer name eth0 netns {ns}
-        ip addr add 10.254.77.1/30 dev {host_if}
+        ip addr add {net}.1/30 dev {host_if}
         ip link set {host_if} up
-        ip -n {ns} addr add 10.254.77.2/30 dev eth0
+        ip -n {ns} addr add {net}.2/30 dev eth0
         ip -n {ns} link set eth0 up
         ip -n {ns} link set lo up"""]
     try:
         subprocess.run(sh, check=True, capture_output=True)
         out = subprocess.run(["ip", "netns", "exec", ns, "busybox", "timeout", "5", "busybox",
-                              "wget", "-q", "-O-", f"http://10.254.77.1:{port}/"],
+                              "wget", "-q", "-O-", f"http://{net}.1:{port}/"],
                              capture_output=True, text=True, timeout=20)
         assert out.stdout == f"hello from {cid[:12]}\n", out
     finally:
@@ -219,9 +221,16 @@ def test_default_bridge_by_address_not_by_name(shale: Shale) -> None:
 
 
 def test_user_network_by_name_alias_and_live_connect(net: Shale) -> None:
-    net.ok("network", "create", "--subnet", "10.231.7.0/24", "--label", "t=1", "tnet")
+    for _ in range(10):  # a /24 no other test run on this host holds right now
+        octet = random.randrange(1, 255)
+        res = net("network", "create", "--subnet", f"10.231.{octet}.0/24", "--label", "t=1",
+                  "tnet")
+        if res.code == 0:
+            break
+        assert "Pool overlaps" in res.err, res
     info = json.loads(net.ok("network", "inspect", "tnet"))[0]
-    assert info["IPAM"]["Config"] == [{"Subnet": "10.231.7.0/24", "Gateway": "10.231.7.1"}]
+    assert info["IPAM"]["Config"] == [{"Subnet": f"10.231.{octet}.0/24",
+                                       "Gateway": f"10.231.{octet}.1"}]
     assert info["Driver"] == "bridge" and info["Labels"] == {"t": "1"}
     web = net.detach("--name", "web", "--network", "tnet", "--network-alias", "www", "bb",
                      "sh", "-c", HTTPD)
@@ -230,9 +239,10 @@ def test_user_network_by_name_alias_and_live_connect(net: Shale) -> None:
     for name in ("web", "www", web[:12]):
         out = net.ok("run", "--rm", "--network", "tnet", "bb", "sh", "-c", wget.format(name))
         assert out == f"hello from {web[:12]}\n", name
-    assert ctr_ip(net, "web", "tnet").startswith("10.231.7.")
+    assert ctr_ip(net, "web", "tnet").startswith(f"10.231.{octet}.")
     endpoint = net.inspect("web")["NetworkSettings"]["Networks"]["tnet"]
-    assert endpoint["Aliases"] == [web[:12], "www"] and endpoint["Gateway"] == "10.231.7.1"
+    assert endpoint["Aliases"] == [web[:12], "www"]
+    assert endpoint["Gateway"] == f"10.231.{octet}.1"
     members = json.loads(net.ok("network", "inspect", "tnet"))[0]["Containers"]
     assert members[web]["Name"] == "web" and members[web]["IPv4Address"].endswith("/24")
     # a container on the default bridge joins tnet live: eth1, and the names
@@ -240,7 +250,7 @@ def test_user_network_by_name_alias_and_live_connect(net: Shale) -> None:
     net.ok("network", "connect", "tnet", "other")
     out = net.proc("exec", "other", "sh", "-c", "ip -o -4 addr show eth1; " +
                    wget.format("web")).stdout
-    assert "10.231.7." in out and out.endswith(f"hello from {web[:12]}\n")
+    assert f"10.231.{octet}." in out and out.endswith(f"hello from {web[:12]}\n")
     assert "other" in net.proc("exec", "web", "cat", "/etc/hosts").stdout  # in place
     res = net("network", "rm", "tnet")
     assert res.code == 1 and "has active endpoints" in res.err

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shale.errors import Conflict, InvalidArgument, NotFound, ShaleError
+from shale.network import ipam
 from shale.network.bridge import DEFAULT_BRIDGE, BridgeConfig
 
 if TYPE_CHECKING:
@@ -147,7 +148,11 @@ class NetworkStore:
         br = opts.get(BRIDGE_NAME_OPT) or f"shale-{nid[:9]}"
         if len(br) > 15 or not re.fullmatch(r"[A-Za-z0-9_.-]+", br):
             raise InvalidArgument(f"invalid bridge name: {br}")
-        with Netlink() as nl:
+        # one subnet chooser at a time on the host: a pool is taken once its bridge exists
+        with Netlink() as nl, ipam.locked(ipam.NET_DIR / ".subnets.lock"):
+            if br == DEFAULT_BRIDGE or nl.link_index(br) or bridge.load(br) is not None:
+                raise Conflict(f"bridge {br} is in use (pick another "
+                               f"-o {BRIDGE_NAME_OPT}=...)")
             subnet, gateway = _address_plan(nl, subnet, gateway)
             record = {"bridge": br, "subnet": subnet, "gateway": gateway,
                       "internal": internal, "attachable": attachable,
