@@ -79,6 +79,18 @@ def _process(c_spec: dict[str, Any], rootfs: str, opts: ExecOptions) -> dict[str
 
 
 def run_exec(engine: Engine, name: str, opts: ExecOptions) -> int:
+    from shale.runtime.cgroups import MoveWarmer
+
+    # the exec'd process is moved into the container's cgroup: let that wait overlap with
+    # the lookups below (see MoveWarmer)
+    warmer = MoveWarmer().start()
+    try:
+        return _run_exec(engine, name, opts, warmer)
+    finally:
+        warmer.stop()
+
+
+def _run_exec(engine: Engine, name: str, opts: ExecOptions, warmer: Any) -> int:
     from shale.runtime import ConsoleSocket, ProcessIO, become_subreaper, exit_code, get_runtime
 
     store = ContainerStore(engine)
@@ -97,6 +109,7 @@ def run_exec(engine: Engine, name: str, opts: ExecOptions) -> int:
         try:
             with ConsoleSocket(os.path.join(tmp, "c.sock")) as console:
                 pid = rt.exec(c.id, proc, ProcessIO(console_socket=console.path))
+                warmer.stop()
                 master = console.receive()
         finally:
             with contextlib.suppress(OSError):
@@ -114,6 +127,7 @@ def run_exec(engine: Engine, name: str, opts: ExecOptions) -> int:
             pid = rt.exec(c.id, proc, io)
         finally:
             os.close(devnull)
+            warmer.stop()
         if opts.detach:
             return 0
     return exit_code(_wait(pid))

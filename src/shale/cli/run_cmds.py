@@ -6,8 +6,10 @@ Kept apart from the other container verbs so ``shale run`` imports as little as 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from shale.errors import InvalidArgument, ShaleError
@@ -219,10 +221,11 @@ def cmd_run(engine: Engine, ns: argparse.Namespace) -> int:
         raise InvalidArgument("the input device is not a TTY")
     c = _create(engine, ns)
     if ns.detach:
-        status = _start(engine, c, attached=False)
-        _print_warnings(c)
-        kind, code, msg = read_status(status)
-        os.close(status)
+        with _warm_moves():
+            status = _start(engine, c, attached=False)
+            _print_warnings(c)
+            kind, code, msg = read_status(status)
+            os.close(status)
         if kind == "E":
             print(f"Error: {msg}", file=sys.stderr)
             return code
@@ -238,17 +241,18 @@ def _start_attached(engine: Engine, c: Container, stdin: bool, sig_proxy: bool,
     from shale import attach
     from shale.monitor import read_status
 
-    status = _start(engine, c, attached=True, for_run=start_error is None)
-    _print_warnings(c)
     sock = None
-    try:
-        kind, code, msg = read_status(status)
-        if kind == "L":
-            size = attach.terminal_size() if c.config.get("Tty") else None
-            sock = attach.connect(c.attach_socket, stdin=stdin, size=size)
+    with _warm_moves():
+        status = _start(engine, c, attached=True, for_run=start_error is None)
+        _print_warnings(c)
+        try:
             kind, code, msg = read_status(status)
-    finally:
-        os.close(status)
+            if kind == "L":
+                size = attach.terminal_size() if c.config.get("Tty") else None
+                sock = attach.connect(c.attach_socket, stdin=stdin, size=size)
+                kind, code, msg = read_status(status)
+        finally:
+            os.close(status)
     if kind != "S" or sock is None:
         if sock is not None:
             sock.close()
@@ -265,6 +269,20 @@ def _start_attached(engine: Engine, c: Container, stdin: bool, sig_proxy: bool,
     if result.get("Error"):
         print(f"Error: {result['Error']}", file=sys.stderr)
     return int(result.get("ExitCode", 125))
+
+
+@contextlib.contextmanager
+def _warm_moves() -> Iterator[None]:
+    """From the start of ``start`` until the monitor reports the container started: the
+    monitor's move of the container into its cgroup then waits no RCU grace period (see
+    ``cgroups.MoveWarmer``)."""
+    from shale.runtime.cgroups import MoveWarmer
+
+    warmer = MoveWarmer().start()
+    try:
+        yield
+    finally:
+        warmer.stop()
 
 
 def _start(engine: Engine, c: Container, attached: bool, for_run: bool = True) -> int:
@@ -322,10 +340,11 @@ def cmd_start(engine: Engine, ns: argparse.Namespace) -> int:
             if store.state(c).Running:
                 print(name)
                 continue
-            status = start(engine, c, attached=False)
-            _print_warnings(c)
-            kind, _rc, msg = read_status(status)
-            os.close(status)
+            with _warm_moves():
+                status = start(engine, c, attached=False)
+                _print_warnings(c)
+                kind, _rc, msg = read_status(status)
+                os.close(status)
             if kind == "E":
                 raise ShaleError(msg)
             print(name)
