@@ -2,7 +2,7 @@
 """Registry throughput: push and pull of a ~200 MB image, shale against docker and skopeo,
 against local distribution registries (``docker-registry``) on 127.0.0.1. One run.
 
-    python3 bench/registry_bench.py [--size-mb 200] [--layers 4] [--keep]
+    python3 bench/registry_bench.py [--size-mb 200] [--layers 4] [--repeat 3] [--keep]
 
 The image is made of real files from /usr (binaries and text, so gzip has real work), split
 into ``--layers`` layers, written once as a docker-archive that shale and docker both load
@@ -12,10 +12,14 @@ into ``--layers`` layers, written once as a docker-archive that shale and docker
   stores the gzip); shale again to another fresh registry (warm: the stored gzip blobs are
   reused, nothing is compressed); docker push (Go gzip, level 6); skopeo copy from the
   docker-archive (pgzip).
-- pull of shale's pushed image from one registry: shale pull (download, verify the blob
-  digest, gunzip and verify the diff_id, store the gzip; unpacking is lazy), then the first
-  ``shale run`` of it (the unpack docker does during its pull), docker pull (download +
-  extract into overlay2), skopeo copy to an OCI layout directory (download + digest check).
+- pull of shale's pushed image from one registry, each ``--repeat`` times into a fresh
+  store (the median is shown): shale pull (download, verify the blob digests, store the
+  gzip; the diff_ids are verified at first use, unpacking is lazy) against skopeo copy to
+  an OCI layout directory (download + digest check: the same work; also to a ``dir:``
+  directory, where skopeo copies one blob at a time); shale pull with
+  ``SHALE_PULL_VERIFY=1`` (the diff_ids gunzipped and verified during the pull, as docker
+  does); then a fresh pull and the first ``shale run`` of it (unpack + diff_id check: what
+  docker does during its pull) against docker pull (download + extract into overlay2).
 
 Ratios are other/shale for times (> 1: shale is faster). Standard library only; needs the
 ``shale`` CLI importable, ``docker-registry``, a docker daemon and skopeo (columns without
@@ -40,6 +44,7 @@ import time
 from pathlib import Path
 
 MB = 1_000_000
+REPO = Path(__file__).resolve().parent.parent
 SHALE = [sys.executable, "-c", "import sys; from shale.cli import main; sys.exit(main())"]
 NAME = "shaletest-regbench"
 
@@ -53,6 +58,12 @@ def sh(argv: list[str], *, env: dict[str, str] | None = None, stdin: bytes | Non
         raise SystemExit(f"failed ({res.returncode}): {' '.join(argv)}\n"
                          f"{res.stderr.decode(errors='replace')}")
     return dt
+
+
+def median(xs: list[float]) -> float:
+    ys = sorted(xs)
+    mid = len(ys) // 2
+    return ys[mid] if len(ys) % 2 else (ys[mid - 1] + ys[mid]) / 2
 
 
 def free_port() -> int:
@@ -170,10 +181,16 @@ def main() -> None:
     ap.add_argument("--size-mb", type=int, default=200)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="pulls of each kind (fresh store each time); the median is shown")
     args = ap.parse_args()
     have_docker = shutil.which("docker") is not None and subprocess.run(
         ["docker", "version"], capture_output=True, check=False).returncode == 0
     have_skopeo = shutil.which("skopeo") is not None
+    # byte-compile shale first, as an installed package is: with PYTHONDONTWRITEBYTECODE
+    # set, a source checkout would otherwise recompile every edited module on each run
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "src" / "shale")],
+                   check=False, capture_output=True)
     work = Path(tempfile.mkdtemp(prefix="shale-regbench-"))
     regs: list[Registry] = []
     tag = f"{NAME}:1"
@@ -213,22 +230,52 @@ def main() -> None:
         rows.append(("push (cold: compress + upload)", t_push, t_dpush, t_spush))
         rows.append(("push (stored gzip reused)", t_warm, None, None))
 
-        # ---- pull (shale's pushed image, from one registry)
-        t_pull = sh([*SHALE, "pull", "-q", ref], env=env2)
+        # ---- pull (shale's pushed image, from one registry), alternating the tools
+        def shale_pull(verify: bool) -> float:
+            shutil.rmtree(work / "root2", ignore_errors=True)
+            return sh([*SHALE, "pull", "-q", ref],
+                      env={**env2, "SHALE_PULL_VERIFY": "1" if verify else "0"})
+
+        def skopeo_pull(dest: str) -> float:
+            shutil.rmtree(work / "oci", ignore_errors=True)
+            target = f"oci:{work / 'oci'}:img" if dest == "oci" else f"dir:{work / 'oci'}"
+            return sh(["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{ref}",
+                       target])
+
+        dname = f"{r_shale.host}/bench/img:1"
+
+        def docker_pull() -> float:
+            t = sh(["docker", "pull", "-q", dname])
+            sh(["docker", "rmi", dname])
+            return t
+
+        lazy: list[float] = []
+        eager: list[float] = []
+        sko: list[float] = []
+        sko_dir: list[float] = []
+        dock: list[float] = []
+        for _ in range(max(1, args.repeat)):
+            lazy.append(shale_pull(False))
+            if have_skopeo:
+                sko.append(skopeo_pull("oci"))
+                sko_dir.append(skopeo_pull("dir"))
+            eager.append(shale_pull(True))
+            if have_docker:
+                dock.append(docker_pull())
+        t_pull, t_pull_v = median(lazy), median(eager)
+        t_spull = median(sko) if sko else None
+        t_sdir = median(sko_dir) if sko_dir else None
+        t_dpull = median(dock) if dock else None
         t_unpack = None
+        shale_pull(False)
         if os.geteuid() == 0 and os.path.exists("/bin/busybox"):
             t_unpack = sh([*SHALE, "run", "--rm", ref, "/bin/busybox", "true"], env=env2)
-        t_dpull = t_spull = None
-        if have_docker:
-            dname = f"{r_shale.host}/bench/img:1"
-            t_dpull = sh(["docker", "pull", "-q", dname])
-            sh(["docker", "rmi", dname])
-        if have_skopeo:
-            t_spull = sh(["skopeo", "copy", "-q", "--src-tls-verify=false",
-                          f"docker://{ref}", f"oci:{work / 'oci'}:img"])
-        rows.append(("pull (download + verify)", t_pull, None, t_spull))
+        rows.append(("pull (download + verify blob digests)", t_pull, None, t_spull))
+        if t_sdir is not None:
+            rows.append(("  the same, skopeo copy to dir:", t_pull, None, t_sdir))
+        rows.append(("pull, diff_ids verified in the pull", t_pull_v, None, t_spull))
         if t_unpack is not None:
-            rows.append(("pull + unpack (docker pull extracts)", t_pull + t_unpack, t_dpull,
+            rows.append(("pull + first run (unpack, diff_ids)", t_pull + t_unpack, t_dpull,
                          None))
         else:
             rows.append(("pull (docker: + extract)", t_pull, t_dpull, None))

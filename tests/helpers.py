@@ -378,4 +378,5 @@ def assert_image_valid(engine: Any, image: Any) -> None:
                 h.update(chunk)
                 size += len(chunk)
         assert "sha256:" + h.hexdigest() == lay.diff_id.value
-        assert size == lay.diff_size
+        # a pulled layer not verified yet does not know its size (shale.layercheck)
+        assert size == lay.diff_size or (not lay.verified and lay.diff_size == -1)

@@ -560,10 +560,13 @@ class FlakyProxy:
         self.httpd.server_close()
 
 
+@pytest.mark.parametrize("verify", ["0", "1"])  # diff_ids at first use / in the pull
 def test_pull_resumes_an_interrupted_blob_with_range(cli: Cli, tmp_path: Path,
-                                                     registry: RegistryProc) -> None:
+                                                     registry: RegistryProc, verify: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from shale.pull import pull
 
+    monkeypatch.setenv("SHALE_PULL_VERIFY", verify)
     layers = unique_layers(2, 512 << 10)
     image_id = load_image(cli, f"{registry.host}/resume/a:1", layers)
     cli.ok("push", f"{registry.host}/resume/a:1")
@@ -576,7 +579,9 @@ def test_pull_resumes_an_interrupted_blob_with_range(cli: Cli, tmp_path: Path,
                               registry=reg)
                 assert reg.stats.resumed == 2
             assert result.image_id.value == image_id and result.layers_pulled == 2
-            assert_image_valid(eng, eng.images.get(f"{proxy.host}/resume/a:1"))
+            img = eng.images.get(f"{proxy.host}/resume/a:1")
+            assert [x.verified for x in eng.images.layers(img)] == [verify == "1"] * 2
+            assert_image_valid(eng, img)
         finally:
             eng.close()
         assert len(proxy.cut) == 2
@@ -585,9 +590,12 @@ def test_pull_resumes_an_interrupted_blob_with_range(cli: Cli, tmp_path: Path,
         proxy.stop()
 
 
+@pytest.mark.parametrize("verify", ["0", "1"])
 def test_digest_mismatch_aborts_and_stores_nothing(cli: Cli, tmp_path: Path,
-                                                   registry: RegistryProc) -> None:
-    name = f"{registry.host}/corrupt/a:1"
+                                                   registry: RegistryProc, verify: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHALE_PULL_VERIFY", verify)
+    name = f"{registry.host}/corrupt/{verify}:1"
     load_image(cli, name, unique_layers(2, 200 << 10))
     cli.ok("push", name)
     rows = Engine(cli.root).meta.query("SELECT digest FROM layer_blobs")
@@ -603,6 +611,7 @@ def test_digest_mismatch_aborts_and_stores_nothing(cli: Cli, tmp_path: Path,
     one_line_error(res, "verification failed for digest")
     assert blob_listing(root2) == {} and ingest_listing(root2) == []
     assert cli2.ok("images", "-aq") == ""
+    assert cli2.ok("system", "check") == "no problems found\n"
 
 
 def test_errors_are_one_line_and_exit_1(cli: Cli, registry: RegistryProc,
@@ -692,6 +701,210 @@ def test_token_auth_scopes_anonymous_pull_and_insufficient_scope(
     assert tokens.requests and all(r["user"] == "" for r in tokens.requests)
     # one token served the whole pull (cached per scope set)
     assert len(tokens.requests) == 1
+
+
+# --------------------------------------------- diff_ids checked at first use (layercheck)
+def _put_raw_image(reg: Registry, repo: str, tag: str, blobs: list[bytes],
+                   diff_ids: list[str]) -> str:
+    """An image pushed by hand with exactly these layer blobs and these diff_id claims (a
+    registry never checks them): returns its image ID."""
+    for b in blobs:
+        reg.upload_blob(repo, Digest(sha256(b)), len(b), lambda b=b: [b])
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "config": {"Cmd": ["/bin/sh"]},
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    reg.post_blob(repo, Digest(sha256(config)), config)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                   "digest": sha256(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                    "digest": sha256(b), "size": len(b)} for b in blobs]}).encode()
+    reg.put_manifest(repo, tag, manifest, "application/vnd.docker.distribution.manifest.v2+json")
+    return sha256(config)
+
+
+def _gz(data: bytes) -> bytes:
+    import gzip
+
+    return gzip.compress(data, compresslevel=1, mtime=0)
+
+
+def _unverified(root: Path) -> dict[str, tuple[str, str]]:
+    eng = Engine(root)
+    try:
+        return {r["diff_id"]: (r["blob"], r["error"])
+                for r in eng.meta.query("SELECT * FROM unverified_layers")}
+    finally:
+        eng.close()
+
+
+def test_pull_stores_blobs_verified_and_diff_ids_at_first_use(cli: Cli, tmp_path: Path,
+                                                              registry: RegistryProc) -> None:
+    layers = unique_layers(2, 64 << 10)
+    name = f"{registry.host}/lazy/a:1"
+    load_image(cli, name, layers)
+    cli.ok("push", name)
+    want_size = cli.ok("images", "--format", "{{.Size}}", name)
+    cli2 = other_cli(tmp_path)
+    cli2.ok("pull", "-q", name)
+    root2 = tmp_path / "root2"
+    eng = Engine(root2)
+    try:
+        img = eng.images.get(name)
+        recs = eng.images.layers(img)
+        # kept as pulled, blob digests checked, the diff_id claims not yet: unverified,
+        # never a stand-in for another image's layer, sizes unknown
+        assert [r.verified for r in recs] == [False, False]
+        assert [r.diff_size for r in recs] == [-1, -1]
+        assert not any(eng.images.has_layer(r.diff_id) for r in recs)
+        assert_image_valid(eng, img)
+    finally:
+        eng.close()
+    assert cli2.ok("system", "check") == "no problems found\n"
+    # pulling again: up to date (the unverified layers count for their own image)
+    assert "Image is up to date" in cli2.ok("pull", name)
+    # the size columns verify them (one gunzip each) and show docker's sizes
+    assert cli2.ok("images", "--format", "{{.Size}}", name) == want_size
+    assert _unverified(root2) == {}
+    eng = Engine(root2)
+    try:
+        recs = eng.images.layers(eng.images.get(name))
+        assert [r.diff_size for r in recs] == [len(x) for x in layers]
+        assert all(r.verified and eng.images.has_layer(r.diff_id) for r in recs)
+    finally:
+        eng.close()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="unpacks a container")
+def test_first_run_checks_the_diff_ids_while_unpacking(tmp_path: Path, registry: RegistryProc,
+                                                       busybox_tar: Path) -> None:
+    tar = busybox_tar.read_bytes()
+    with Registry(registry.host) as reg:
+        _put_raw_image(reg, "lazy/run", "1", [_gz(tar)], [sha256(tar)])
+    name = f"{registry.host}/lazy/run:1"
+    root2 = tmp_path / "root2"
+    Cli(root2).ok("pull", "-q", name)
+    assert len(_unverified(root2)) == 1
+    res = run_shale(root2, "run", "--rm", name, "echo", "checked")
+    assert res.returncode == 0 and res.stdout == b"checked\n", res.stderr
+    assert _unverified(root2) == {}  # the unpack verified it, and recorded its sizes
+    eng = Engine(root2)
+    try:
+        (lay,) = eng.images.layers(eng.images.get(name))
+        assert lay.verified and lay.diff_size == len(tar) and lay.content_size > 0
+    finally:
+        eng.close()
+
+
+def test_diff_id_mismatch_is_never_used_and_stays_consistent(
+        cli: Cli, tmp_path: Path, registry: RegistryProc, registry2: RegistryProc,
+        busybox_tar: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runnable layer whose config claims another diff_id: the pull (blob digests
+    fine) stores it unverified; every use fails with one line, nothing is unpacked, saved
+    or pushed; ``system check`` names it; ``rmi`` leaves a clean store. With
+    ``SHALE_PULL_VERIFY=1`` the pull itself fails and stores nothing."""
+    tar = busybox_tar.read_bytes()
+    lie = sha256(tar + b"\0" * 1024)
+    with Registry(registry.host) as reg:
+        _put_raw_image(reg, "lazy/bad", "1", [_gz(tar)], [lie])
+    name = f"{registry.host}/lazy/bad:1"
+    root2 = tmp_path / "root2"
+    cli2 = Cli(root2)
+    cli2.ok("pull", "-q", name)
+    expect = f"invalid diffID: expected {lie}, got {sha256(tar)}"
+    if IS_ROOT:
+        res = run_shale(root2, "run", "--rm", name, "true")
+        assert res.returncode == 125, res
+        err = res.stderr.decode()
+        assert err.count("\n") == 1 and expect in err and "Traceback" not in err, err
+        eng = Engine(root2)
+        try:  # no snapshot of it, not even a half-filled one
+            assert [i.name for i in eng.snapshots.walk()] == []
+        finally:
+            eng.close()
+    res = cli2("save", "-o", str(tmp_path / "x.tar"), name)
+    one_line_error(res, expect)
+    assert not (tmp_path / "x.tar").exists()
+    assert next(iter(_unverified(root2).values()))[1]  # recorded: later uses fail fast
+    cli2.ok("tag", name, f"{registry2.host}/lazy/copy:1")
+    res = cli2("push", f"{registry2.host}/lazy/copy:1")
+    one_line_error(res, expect)
+    res = cli2("pull", name)  # the same bad blob for the same claim: the pull fails too
+    one_line_error(res, expect)
+    assert name in cli2.ok("images", "--format", "{{.Repository}}:{{.Tag}}")
+    res = cli2("system", "check")
+    assert res.code == 1 and res.out.count("\n") == 1 and expect in res.out, res
+    cli2.ok("rmi", name, f"{registry2.host}/lazy/copy:1")
+    assert cli2.ok("system", "check") == "no problems found\n"
+    assert blob_listing(root2) == {} and ingest_listing(root2) == []
+    assert _unverified(root2) == {}
+    # checked during the pull: exit 1, nothing stored
+    monkeypatch.setenv("SHALE_PULL_VERIFY", "1")
+    root3 = tmp_path / "root3"
+    res = Cli(root3)("pull", name)
+    one_line_error(res, f"invalid diffID: expected {lie}, got {sha256(tar)}")
+    assert blob_listing(root3) == {} and ingest_listing(root3) == []
+    assert Cli(root3).ok("system", "check") == "no problems found\n"
+
+
+def test_corrupt_gzip_with_a_valid_digest(tmp_path: Path, registry: RegistryProc,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = simple_layer({"etc/x": b"x" * 5000})
+    gz = bytearray(_gz(layer))
+    gz[len(gz) // 2] ^= 0xFF  # the registry stores and serves it as pushed
+    with Registry(registry.host) as reg:
+        _put_raw_image(reg, "lazy/gz", "1", [bytes(gz)], [sha256(layer)])
+    name = f"{registry.host}/lazy/gz:1"
+    cli2 = other_cli(tmp_path)
+    cli2.ok("pull", "-q", name)
+    res = cli2("save", "-o", str(tmp_path / "x.tar"), name)
+    one_line_error(res, "does not decompress")
+    res = cli2("system", "check")
+    assert res.code == 1 and "does not decompress" in res.out
+    monkeypatch.setenv("SHALE_PULL_VERIFY", "1")
+    cli3 = other_cli(tmp_path, "root3")
+    res = cli3("pull", name)
+    one_line_error(res, f"layer {sha256(bytes(gz))[7:19]}")
+    assert blob_listing(cli3.root) == {} and ingest_listing(cli3.root) == []
+    assert cli3.ok("system", "check") == "no problems found\n"
+
+
+def test_an_unverified_layer_never_stands_in_for_another_image(tmp_path: Path,
+                                                               registry: RegistryProc) -> None:
+    """bad claims diff_id D for a blob that is something else; good has a true blob of D.
+    Whichever comes first, good gets its own (verified) blob and bad never gets D's
+    content through a lie."""
+    real = simple_layer({"etc/real": b"real content\n"})
+    other = simple_layer({"etc/other": b"other content\n"})
+    d = sha256(real)
+    with Registry(registry.host) as reg:
+        _put_raw_image(reg, "lazy/good", "1", [_gz(real)], [d])
+        _put_raw_image(reg, "lazy/liar", "1", [_gz(other)], [d])
+    good, liar = f"{registry.host}/lazy/good:1", f"{registry.host}/lazy/liar:1"
+    # the liar first: its unverified record does not satisfy good's lookup; good's blob is
+    # downloaded, checked in the pull (it replaces the unverified record), and good works
+    cli2 = other_cli(tmp_path)
+    cli2.ok("pull", "-q", liar)
+    out = cli2.ok("pull", good)
+    assert "Pull complete" in out and "Already exists" not in out, out
+    assert _unverified(cli2.root) == {}
+    code, data, err = cli2.binary("save", good)
+    assert code == 0, err
+    members = read_archive(data)
+    (entry,) = json.loads(members["manifest.json"])
+    assert [members[p] for p in entry["Layers"]] == [real]
+    assert cli2.ok("system", "check") == "no problems found\n"
+    # good first (unverified), then the liar: its blob must be checked in its pull, fails
+    cli3 = other_cli(tmp_path, "root3")
+    cli3.ok("pull", "-q", good)
+    res = cli3("pull", liar)
+    one_line_error(res, f"invalid diffID: expected {d}, got {sha256(other)}")
+    assert list(_unverified(cli3.root)) == [d]  # good's own record, untouched
+    assert cli3.ok("images", "--format", "{{.Repository}}") == f"{registry.host}/lazy/good\n"
+    code, data, err = cli3.binary("save", good)
+    assert code == 0, err
+    assert cli3.ok("system", "check") == "no problems found\n"
 
 
 # ---------------------------------------------------------------- docker and skopeo

@@ -20,7 +20,6 @@ import base64
 import contextlib
 import json
 import os
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,6 +206,8 @@ def _helper_get(helper: str, server: str) -> Credentials:
 
 
 def _helper_run(helper: str, verb: str, stdin: str) -> str:
+    import subprocess  # only with a credential helper: every pull and push imports this
+
     exe = f"docker-credential-{helper}"
     try:
         res = subprocess.run([exe, verb], input=stdin.encode(), capture_output=True,

@@ -117,10 +117,21 @@ class Engine:
 
     def image_size(self, img: Image) -> int:
         """Docker's image size: bytes of regular files and symlink targets over all layers."""
-        return sum(self._content_size(x) for x in self.images.layers(img))
+        return sum(self._content_size(x) for x in self._sized(self.images.layers(img)))
+
+    def _sized(self, layers: list[LayerRecord]) -> list[LayerRecord]:
+        """The records with their sizes known: a pulled layer not verified yet is verified
+        now (its sizes come from the same gunzip; see shale.layercheck)."""
+        if all(x.verified for x in layers):
+            return layers
+        from shale.layercheck import verify_layers
+
+        return verify_layers(self, layers, strict=False)
 
     def _content_size(self, layer: LayerRecord) -> int:
-        return layer.content_size if layer.content_size >= 0 else layer.diff_size
+        if layer.content_size >= 0:
+            return layer.content_size
+        return layer.diff_size if layer.diff_size >= 0 else layer.blob_size
 
     def tag(self, source: str, target: str) -> None:
         image_id = self.images.resolve(source)
@@ -144,7 +155,7 @@ class Engine:
 
     def history(self, name: str) -> list[HistoryRow]:
         img = self.images.get(name)
-        layers = self.images.layers(img)
+        layers = self._sized(self.images.layers(img))
         history = img.config.history or [
             oci.History(created=img.config.created) for _ in layers]
         # walk the parent chain so each non-empty step can be matched to a local image
@@ -226,6 +237,12 @@ class Engine:
                 same.tags.extend(t for t in tags if t not in same.tags)
             else:
                 items.append(SaveItem(img, tags))
+        for item in items:  # a pulled layer is written under its diff_id once verified
+            layers = self.images.layers(item.image)
+            if not all(x.verified for x in layers):
+                from shale.layercheck import verify_layers
+
+                verify_layers(self, layers)
         save(self.images, self.content, items, out, progress)
 
     def _save_tags(self, name: str, img: Image) -> list[Reference]:
@@ -254,7 +271,12 @@ class Engine:
         from shale.unpack import unpack
 
         with self.lock():
-            return unpack(self.snapshots, self.content, self.images.layers(img))
+            layers = self.images.layers(img)
+            if not all(x.verified for x in layers):  # pulled: checked while unpacked
+                from shale.layercheck import unpack_checked
+
+                return unpack_checked(self, layers)
+            return unpack(self.snapshots, self.content, layers)
 
     # ---- system --------------------------------------------------------------------------
     def prune_images(self, all: bool = False) -> tuple[list[tuple[str, str]], int]:

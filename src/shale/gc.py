@@ -120,6 +120,13 @@ def check(engine: Engine) -> list[str]:
                 problems.append(f"image {iid}: layer {d}: blob {lay.blob} missing")
             elif os.path.getsize(engine.content.path(lay.blob)) != lay.blob_size:
                 problems.append(f"image {iid}: layer {d}: blob size differs from record")
+    for row in engine.meta.query("SELECT u.diff_id, u.blob, u.error, l.blob AS record "
+                                 "FROM unverified_layers u JOIN layers l USING (diff_id)"):
+        if row["blob"] != row["record"]:
+            problems.append(f"layer {row['diff_id']}: unverified mark names blob "
+                            f"{row['blob']}, the record {row['record']}")
+        elif row["error"]:  # a pulled layer its first use found damaged (shale.layercheck)
+            problems.append(row["error"])
     for table in ("tags", "repo_digests"):
         for row in engine.meta.query(f"SELECT name, image FROM {table}"):
             if not engine.images.exists(row["image"]):

@@ -26,8 +26,11 @@ class LayerRecord:
     blob: Digest
     media_type: str
     blob_size: int
-    diff_size: int
+    diff_size: int                 # -1 while unverified: not known before the gunzip
     content_size: int = -1
+    # False: a pulled blob whose diff_id is not checked yet (shale.layercheck); such a
+    # record never satisfies ``has_layer`` and is checked before any use
+    verified: bool = True
 
 
 @dataclass(frozen=True)
@@ -132,15 +135,47 @@ class ImageStore:
         return out
 
     def layer(self, diff_id: Digest) -> LayerRecord:
-        row = self.meta.one("SELECT * FROM layers WHERE diff_id=?", (diff_id.value,))
+        row = self.meta.one("SELECT l.*, u.diff_id AS unverified FROM layers l LEFT JOIN "
+                            "unverified_layers u ON u.diff_id=l.diff_id WHERE l.diff_id=?",
+                            (diff_id.value,))
         if row is None:
             raise NotFound(f"layer {diff_id} not found")
         return LayerRecord(Digest(row["diff_id"]), Digest(row["blob"]), row["media_type"],
-                           row["blob_size"], row["diff_size"], row["content_size"])
+                           row["blob_size"], row["diff_size"], row["content_size"],
+                           row["unverified"] is None)
 
     def has_layer(self, diff_id: Digest) -> bool:
-        return self.meta.one("SELECT 1 FROM layers WHERE diff_id=?",
+        """A verified layer record for this diff_id (an unverified pulled one never counts:
+        only the image whose manifest names that blob may use it)."""
+        return self.meta.one("SELECT 1 FROM layers WHERE diff_id=? AND diff_id NOT IN "
+                             "(SELECT diff_id FROM unverified_layers)",
                              (diff_id.value,)) is not None
+
+    def unverified_layer(self, diff_id: Digest) -> tuple[Digest, str] | None:
+        """(blob, recorded error or "") of an unverified record of this diff_id."""
+        row = self.meta.one("SELECT blob, error FROM unverified_layers WHERE diff_id=?",
+                            (diff_id.value,))
+        return None if row is None else (Digest(row["blob"]), row["error"])
+
+    def layer_check_error(self, diff_id: Digest, blob: Digest) -> str:
+        row = self.meta.one("SELECT error FROM unverified_layers WHERE diff_id=? AND blob=?",
+                            (diff_id.value, blob.value))
+        return row["error"] if row is not None else ""
+
+    def layer_verified(self, diff_id: Digest, blob: Digest, diff_size: int,
+                       content_size: int) -> None:
+        """The blob gunzipped to the diff_id: the record becomes an ordinary one."""
+        with self.meta.transaction() as db:
+            cur = db.execute("DELETE FROM unverified_layers WHERE diff_id=? AND blob=?",
+                             (diff_id.value, blob.value))
+            if cur.rowcount:
+                db.execute("UPDATE layers SET diff_size=?, content_size=? WHERE diff_id=? "
+                           "AND blob=?", (diff_size, content_size, diff_id.value, blob.value))
+
+    def layer_check_failed(self, diff_id: Digest, blob: Digest, error: str) -> None:
+        with self.meta.transaction() as db:
+            db.execute("UPDATE unverified_layers SET error=? WHERE diff_id=? AND blob=?",
+                       (error, diff_id.value, blob.value))
 
     # ---- writes -------------------------------------------------------------------------
     def publish(self, config: ImageConfig, layers: Iterable[LayerRecord], *,
@@ -152,10 +187,23 @@ class ImageStore:
         moved: builtins.list[tuple[str, str | None]] = []
         with self.meta.transaction() as db:
             for lay in layers:
+                row = (lay.diff_id.value, lay.blob.value, lay.media_type, lay.blob_size,
+                       lay.diff_size, lay.content_size)
+                if not lay.verified:  # kept only if the diff_id has no record at all
+                    if db.execute("INSERT OR IGNORE INTO layers VALUES (?,?,?,?,?,?)",
+                                  row).rowcount:
+                        db.execute("INSERT INTO unverified_layers VALUES (?,?,'')",
+                                   (lay.diff_id.value, lay.blob.value))
+                    continue
+                # a verified record replaces an unverified one, never a verified one
                 db.execute(
-                    "INSERT OR IGNORE INTO layers VALUES (?,?,?,?,?,?)",
-                    (lay.diff_id.value, lay.blob.value, lay.media_type, lay.blob_size,
-                     lay.diff_size, lay.content_size))
+                    "INSERT INTO layers VALUES (?,?,?,?,?,?) ON CONFLICT(diff_id) DO UPDATE "
+                    "SET blob=excluded.blob, media_type=excluded.media_type, "
+                    "blob_size=excluded.blob_size, diff_size=excluded.diff_size, "
+                    "content_size=excluded.content_size WHERE layers.diff_id IN "
+                    "(SELECT diff_id FROM unverified_layers)", row)
+                db.execute("DELETE FROM unverified_layers WHERE diff_id=?",
+                           (lay.diff_id.value,))
             db.execute("INSERT OR IGNORE INTO images(id, parent, added, manifest) "
                        "VALUES (?,?,?,?)", (config.id.value, parent, now, manifest))
             if manifest:

@@ -78,6 +78,14 @@ SCHEMA: list[str] = [
         PRIMARY KEY (volume, container)
     );
     """,
+    # v3: pulled layers whose diff_id is not verified yet (shale.layercheck)
+    """
+    CREATE TABLE unverified_layers (
+        diff_id TEXT PRIMARY KEY REFERENCES layers(diff_id) ON DELETE CASCADE,
+        blob TEXT NOT NULL,             -- the pulled blob the config's claim is about
+        error TEXT NOT NULL DEFAULT ''  -- why the check failed ('': not checked yet)
+    );
+    """,
 ]
 
 

@@ -109,6 +109,10 @@ def _push_image(engine: Engine, reg: Registry, ref: Reference, img: Image, ev: E
     assert ref.tag is not None
     repo = ref.path
     layers = engine.images.layers(img)
+    if not all(x.verified for x in layers):  # a pulled layer goes out as its diff_id once
+        from shale.layercheck import verify_layers  # verified (see shale.layercheck)
+
+        layers = verify_layers(engine, layers)
     kept = _kept_manifest(engine, img, layers)
     blobs = _plan(engine, layers, kept)
     mounts = _mount_sources(engine, ref, {b.layer.diff_id.value for b in blobs})

@@ -236,6 +236,19 @@ class BlobReader(io.RawIOBase):
             self._resp.close()
         self._resp, self._iter = None, None
 
+    def chunks(self) -> Iterator[bytes]:
+        """The rest of the blob in the pieces it arrives in (resumed as ``read`` is), with
+        no copying: what a pull that only stores and hashes the blob reads."""
+        if self._buf:
+            buf, self._buf = self._buf, b""
+            yield buf
+        while not self._done:
+            chunk = self._next_chunk()
+            if not chunk:
+                self._done = True
+                return
+            yield chunk
+
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
         if not self._buf:
             if self._done:

@@ -71,9 +71,12 @@ def open_layer_tar(content: ContentStore, layer: LayerRecord) -> BinaryIO:
     return stream
 
 
-def unpack(snap: Snapshotter, content: ContentStore, layers: Sequence[LayerRecord]) -> str:
+def unpack(snap: Snapshotter, content: ContentStore, layers: Sequence[LayerRecord],
+           verified: Callable[[LayerRecord, int, int], None] | None = None) -> str:
     """Make sure every chain of ``layers`` is a committed snapshot; return the top chain ID
-    ("" for an image without layers)."""
+    ("" for an image without layers). An unverified (pulled) layer is hashed as it is
+    applied and its snapshot committed only if it matched its diff_id; then
+    ``verified(layer, tar size, content size)`` (``shale.layercheck``)."""
     parent = ""
     for layer, chain in zip(layers, chain_ids([x.diff_id for x in layers]), strict=True):
         name = chain.value
@@ -84,13 +87,23 @@ def unpack(snap: Snapshotter, content: ContentStore, layers: Sequence[LayerRecor
 
 
         def fill(key: str, layer: LayerRecord = layer) -> None:
-            with open_layer_tar(content, layer) as f:
-                apply_layer(f, snap.layer_dir(key), fmt=snap.layer_format,
+            with open_layer_tar(content, layer) as f, _checked(f, layer, verified) as src:
+                apply_layer(src, snap.layer_dir(key), fmt=snap.layer_format,
                             lowers=snap.parent_dirs(key))
 
         commit_filled(snap, name, parent, fill)
         parent = name
     return parent
+
+
+def _checked(f: BinaryIO, layer: LayerRecord,
+             verified: Callable[[LayerRecord, int, int], None] | None
+             ) -> contextlib.AbstractContextManager[BinaryIO]:
+    if layer.verified:
+        return contextlib.nullcontext(f)
+    from shale.layercheck import checked
+
+    return checked(f, layer, verified)
 
 
 def commit_filled(snap: Snapshotter, name: str, parent: str,

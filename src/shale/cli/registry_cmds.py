@@ -127,7 +127,26 @@ def _events(quiet: bool) -> _Lines:
     return _Lines(quiet)
 
 
+def _quick_exit() -> None:
+    """At interpreter exit (atexit runs before its last garbage collection), leave every
+    object out of that collection: with httpx and the engine loaded it alone takes ~15 ms
+    of a pull's or push's exit here. Nothing relies on it: files are closed and blobs
+    committed by then. In a longer-lived process (the tests) it only runs at its end."""
+    import atexit
+    import gc
+
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
+
+
 def cmd_pull(engine: Engine, ns: argparse.Namespace) -> int:
+    try:
+        return _pull(engine, ns)
+    finally:
+        _quick_exit()
+
+
+def _pull(engine: Engine, ns: argparse.Namespace) -> int:
     from shale.refs import Reference
 
     ref = Reference.parse(ns.name)
@@ -159,6 +178,13 @@ def cmd_pull(engine: Engine, ns: argparse.Namespace) -> int:
 
 
 def cmd_push(engine: Engine, ns: argparse.Namespace) -> int:
+    try:
+        return _push(engine, ns)
+    finally:
+        _quick_exit()
+
+
+def _push(engine: Engine, ns: argparse.Namespace) -> int:
     from shale.refs import Reference
 
     ref = Reference.parse(ns.name)
