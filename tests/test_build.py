@@ -551,3 +551,25 @@ RUN echo changed > /w/keep/f && chown 1000:10 /w && touch /etc/passwd
             del tree[k]
     assert {k: v for k, v in got.items() if v != want.get(k)} == {}
     assert set(got) == set(want)
+
+
+def test_run_layer_size_counted_as_the_tar_is_written(sh: Shale, tmp_path: Path) -> None:
+    """A RUN layer's size (docker's: regular file bytes and symlink target lengths, a hard
+    link counted once, whiteouts and directories nothing) comes from writing its tar, never
+    from reading the blob back: it must match a scan of the stored blob."""
+    from shale.engine import Engine
+    from shale.tarscan import scan_copy
+
+    df = ("FROM busybox\nRUN head -c 3000000 /dev/zero > /big && printf hello > /small "
+          "&& ln /big /big2 && ln -s /small-target /lnk && rm /etc/group\n")
+    ok(build(sh, tmp_path, df, {}, "-t", "sized"))
+    assert inspect(sh, "sized")["Size"] - inspect(sh, "busybox")["Size"] == 3_000_000 + 5 + 13
+    eng = Engine(sh.root, sh.driver)
+    try:
+        top = eng.images.layers(eng.images.load(eng.images.resolve("sized")))[-1]
+        with eng.content.open(top.blob) as f:
+            scanned = scan_copy(f, lambda _b: None)
+        assert (top.content_size, top.diff_size) == (scanned.content_size, scanned.tar_size)
+        assert eng.content.verify(top.blob)
+    finally:
+        eng.close()

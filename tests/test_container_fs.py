@@ -190,6 +190,35 @@ def test_commit_whiteouts_and_run(layered: Shale, tmp_path: Path) -> None:
     assert "docs" in sh.ok("run", "--rm", "bb", "ls", "/usr/local/tomcat/webapps")
 
 
+def test_commit_layer_size_counted_as_the_tar_is_written(layered: Shale) -> None:
+    """commit sizes its layer (regular file bytes and symlink targets, a hard link once)
+    while writing the tar, not by reading the blob back: both agree, on both drivers."""
+    from shale.engine import Engine
+    from shale.tarscan import scan_copy
+
+    sh = layered
+    name = f"sized-{uuid.uuid4().hex[:8]}"
+    sh.ok("run", "--name", name, "bb", "sh", "-c",
+          "head -c 2000000 /dev/zero > /big && ln /big /big2 && ln -s /somewhere /lnk "
+          "&& rm /etc/group")
+    iid = sh.ok("commit", name).strip()
+    assert _image_size(sh, iid) - _image_size(sh, "bb") == 2_000_000 + len("/somewhere")
+    eng = Engine(sh.root, sh.driver)
+    try:
+        top = eng.images.layers(eng.images.load(iid))[-1]
+        with eng.content.open(top.blob) as f:
+            scanned = scan_copy(f, lambda _b: None)
+        assert (top.content_size, top.diff_size) == (scanned.content_size, scanned.tar_size)
+        assert eng.content.verify(top.blob)
+    finally:
+        eng.close()
+
+
+def _image_size(sh: Shale, ref: str) -> int:
+    size: int = json.loads(sh.ok("image", "inspect", ref))[0]["Size"]
+    return size
+
+
 @pytest.mark.docker
 def test_committed_image_runs_in_docker(sh1: Shale, docker: Docker) -> None:
     sh = sh1

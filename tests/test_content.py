@@ -182,3 +182,20 @@ def test_blob_is_visible_only_when_complete(tmp_path: Path) -> None:
         t.join()
     assert seen_sizes, "watcher never saw the published blob"
     assert set(seen_sizes) == {len(data)}
+
+
+def test_a_blob_already_stored_is_not_flushed_again(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """commit fsyncs the new blob and its directory once; a second writer of the same bytes
+    (dedupe: the temp copy is dropped) flushes nothing."""
+    store = ContentStore(tmp_path)
+    calls: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    data = os.urandom(1 << 16)
+    assert store.write_bytes(data) == _digest(data)
+    assert len(calls) == 2  # the blob, then blobs/sha256
+    calls.clear()
+    assert store.write_bytes(data) == _digest(data)
+    assert calls == []
+    assert _files(tmp_path) == [f"blobs/sha256/{_digest(data).hex}"]

@@ -541,3 +541,107 @@ def test_memory_stays_flat_on_many_entries(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert res.entries == 20_000
     assert peak < 4 << 20, peak  # keeping the TarInfos: ~10 MB
+
+
+# ------------------------------------------------------------------ layer sizes, hashing once
+
+
+def sized_tree(root: Path) -> int:
+    """An overlay upper dir with files on both sides of the writer's gathering threshold
+    (64 KiB) and of its 1 MiB buffer, hard links, symlinks (one non-ASCII), a whiteout, an
+    opaque dir and a fifo, every mtime fixed; returns docker's size of it (regular file
+    bytes, a hard link once, plus symlink target lengths in bytes)."""
+    sizes = [0, 1, 511, 512, 513, 65535, 65536, 65537, (1 << 20) - 1, 1 << 20, (1 << 20) + 7,
+             3 * (1 << 20) + 5]
+    total = 0
+    for i, n in enumerate(sizes):
+        write(root / "d" / f"f{i:02d}", bytes((i * 7 + k) % 251 for k in range(n)))
+        total += n
+    os.link(root / "d" / "f11", root / "d" / "hard")  # counted once
+    os.symlink("/usr/lib/ziel-ä", root / "d" / "lnk")
+    total += len("/usr/lib/ziel-ä".encode())
+    os.mknod(root / "gone", stat.S_IFCHR)
+    (root / "opq").mkdir()
+    os.setxattr(root / "opq", "trusted.overlay.opaque", b"y")
+    write(root / "opq" / "x", b"x" * 70000)
+    total += 70000
+    os.mkfifo(root / "d" / "fifo")
+    os.chmod(root / "d" / "fifo", 0o644)
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in [*filenames, *dirnames, ""]:
+            path = os.path.join(dirpath, name)
+            os.lchown(path, 0, 0)
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.chmod(path, 0o755)
+            os.utime(path, (T0, T0), follow_symlinks=False)
+    return total
+
+
+# sha256 of sized_tree's layer tar as the writer produced it before it gathered small
+# writes: the byte format is frozen (every diff_id depends on it)
+SIZED_TREE_DIFF_ID = "sha256:c7261076eb8c9cbaa12d421d93e33574507ca060c7b32eaf3e53c70b8d7e4047"
+
+
+def test_layer_sizes_are_counted_while_writing(tmp_path: Path) -> None:
+    from shale.layer import write_layer_sized
+    from shale.tarscan import scan_copy
+
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    want = sized_tree(upper)
+    buf = io.BytesIO()
+    written = write_layer_sized(buf, upper, fmt="overlay")
+    data = buf.getvalue()
+    assert written.diff_id == Digest.of_bytes(data) and written.size == len(data)
+    scanned = scan_copy(io.BytesIO(data), lambda _b: None)
+    assert written.content_size == scanned.content_size == want
+    assert written.diff_id.value == SIZED_TREE_DIFF_ID
+
+
+def test_layer_into_the_content_store_is_hashed_once(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layer written into a content store writer: the writer's own sha256 is the diff_id
+    (the tar is not hashed a second time), and the bytes are those written anywhere else."""
+    from shale.content import ContentStore
+    from shale.digest import Hasher
+    from shale.layer import write_layer_sized
+
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    sized_tree(upper)
+    ref = io.BytesIO()
+    write_layer_sized(ref, upper, fmt="overlay")
+    hashed = [0]
+    real = Hasher.update
+
+    def counting(self: Hasher, data: bytes | bytearray | memoryview) -> None:
+        hashed[0] += len(data)
+        real(self, data)
+
+    monkeypatch.setattr(Hasher, "update", counting)
+    store = ContentStore(tmp_path / "store")
+    with store.writer() as w:
+        written = write_layer_sized(w, upper, fmt="overlay")  # type: ignore[arg-type]
+        w.commit(written.diff_id, written.size)
+    assert hashed[0] == written.size == len(ref.getvalue())
+    assert store.read(written.diff_id) == ref.getvalue()
+    assert store.verify(written.diff_id)
+
+
+def test_tar_writer_after_other_bytes_hashes_its_own(tmp_path: Path) -> None:
+    """A writer that already holds bytes does not lend its hash: the tar's digest is of the
+    tar alone, the blob's of everything."""
+    from shale import tarwriter as tw
+    from shale.content import ContentStore
+
+    store = ContentStore(tmp_path / "store")
+    with store.writer() as w:
+        w.write(b"prefix")
+        tar = tw.TarWriter(w)  # type: ignore[arg-type]
+        tar.write(tw.header("a", tw.REG, mode=0o644, uid=0, gid=0, mtime=T0, size=2))
+        tar.write(b"hi" + tw.padding(2))
+        digest, size = tar.close()
+        blob = w.commit()
+    data = store.read(blob)
+    assert data.startswith(b"prefix") and size == len(data) - 6
+    assert digest == Digest.of_bytes(data[6:]) and blob == Digest.of_bytes(data)

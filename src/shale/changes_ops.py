@@ -15,7 +15,7 @@ from shale.digest import Digest
 
 if TYPE_CHECKING:
     from shale.engine import Engine
-    from shale.layer import Change
+    from shale.layer import Change, WrittenLayer
 
 
 def diff(engine: Engine, c: Container) -> list[Change]:
@@ -28,14 +28,15 @@ def diff(engine: Engine, c: Container) -> list[Change]:
     return changes_dirs(snap.layer_dir(c.init_snapshot), upper)
 
 
-def write_container_layer(engine: Engine, c: Container, out: BinaryIO) -> tuple[Digest, int]:
-    from shale.layer import write_layer
+def write_container_layer(engine: Engine, c: Container, out: BinaryIO) -> WrittenLayer:
+    """The container's changes as a layer tar into ``out``: (diff_id, size, content size)."""
+    from shale.layer import write_layer_sized
 
     snap = engine.snapshots
     upper = snap.layer_dir(c.snapshot_key)
     if snap.layer_format == "overlay":
-        return write_layer(out, upper, fmt="overlay")
-    return write_layer(out, upper, fmt="dir", lower=snap.layer_dir(c.init_snapshot))
+        return write_layer_sized(out, upper, fmt="overlay")
+    return write_layer_sized(out, upper, fmt="dir", lower=snap.layer_dir(c.init_snapshot))
 
 
 def commit(engine: Engine, c: Container, *, ref: str | None, message: str = "",
@@ -43,20 +44,18 @@ def commit(engine: Engine, c: Container, *, ref: str | None, message: str = "",
     from shale.digest import EMPTY_LAYER_DIFF_ID
     from shale.images import LayerRecord
     from shale.refs import Reference
-    from shale.tarscan import scan_copy
 
     target = Reference.parse(ref).with_default_tag() if ref else None
     img = engine.images.load(c.image)
     paused = _freeze(engine, c) if pause else False
     try:
         with engine.lock(), engine.content.writer() as w:
-            diff_id, size = write_container_layer(engine, c, w)  # type: ignore[arg-type]
+            diff_id, size, content_size = write_container_layer(
+                engine, c, w)  # type: ignore[arg-type]
             w.commit(diff_id, size, what="container layer")
     finally:
         if paused:
             _thaw(engine, c)
-    with engine.content.open(diff_id) as f:
-        content_size = scan_copy(f, lambda _b: None).content_size
     empty = diff_id.value == EMPTY_LAYER_DIFF_ID
     config = dict(c.config)
     engine.apply_changes(config, list(changes or []))

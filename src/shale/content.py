@@ -40,7 +40,13 @@ class Writer:
     def size(self) -> int:
         return self._hasher.size
 
-    def write(self, data: bytes | memoryview) -> int:
+    @property
+    def hasher(self) -> Hasher:
+        """The running sha256 of everything written (a ``TarWriter`` on this writer uses
+        it rather than hashing the same bytes twice)."""
+        return self._hasher
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         view = memoryview(data)
         self._hasher.update(view)
         while view:
@@ -60,10 +66,11 @@ class Writer:
         if size is not None and size != self._hasher.size:
             raise DigestMismatch(
                 f"{what}: size mismatch: expected {size} bytes, got {self._hasher.size}")
-        os.fsync(self._fd)
+        dest = self._store.path(got)
+        if not dest.exists():  # a blob already stored needs no flush of our copy
+            os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
-        dest = self._store.path(got)
         if dest.exists():
             self.path.unlink(missing_ok=True)
         else:

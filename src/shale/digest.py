@@ -63,7 +63,7 @@ class Hasher:
         self._h = hashlib.sha256()
         self.size = 0
 
-    def update(self, data: bytes | memoryview) -> None:
+    def update(self, data: bytes | bytearray | memoryview) -> None:
         self._h.update(data)
         self.size += len(data)
 

@@ -26,7 +26,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeVar, cast
+from typing import BinaryIO, NamedTuple, TypeVar, cast
 
 from shale import tarwriter as tw
 from shale.digest import Digest
@@ -292,9 +292,24 @@ def _write_overlay(tar: tw.TarWriter, upper: str, skip: Callable[[str], bool] | 
             stack.append((rel, path, iter(_sorted_names(path)), opaque == b"x"))
 
 
+class WrittenLayer(NamedTuple):
+    diff_id: Digest
+    size: int           # bytes of the tar
+    content_size: int   # docker's layer size: regular file bytes + symlink target lengths
+
+
 def write_layer(out: BinaryIO, upper: Path, *, fmt: str, lower: Path | None = None,
                 skip: Callable[[str], bool] | None = None) -> tuple[Digest, int]:
     """Write the changeset tar of ``upper`` to ``out``; return (diff_id, byte size).
+    See ``write_layer_sized``."""
+    diff_id, size, _ = write_layer_sized(out, upper, fmt=fmt, lower=lower, skip=skip)
+    return diff_id, size
+
+
+def write_layer_sized(out: BinaryIO, upper: Path, *, fmt: str, lower: Path | None = None,
+                      skip: Callable[[str], bool] | None = None) -> WrittenLayer:
+    """Write the changeset tar of ``upper`` to ``out``; return its diff_id, byte size and
+    content size (counted while writing: the tar is never read back for it).
 
     ``fmt="overlay"``: ``upper`` is an overlay upper dir (``lower`` unused). ``fmt="dir"``:
     ``upper`` is a full tree and ``lower`` the full tree it derives from, or None for
@@ -311,7 +326,8 @@ def write_layer(out: BinaryIO, upper: Path, *, fmt: str, lower: Path | None = No
                 _whiteout_entry(tar, rel, None)
             else:
                 tar.add_path(rel, upath, st)
-    return tar.close()
+    diff_id, size = tar.close()
+    return WrittenLayer(diff_id, size, tar.content_size)
 
 
 # ------------------------------------------------------------------ applying layers

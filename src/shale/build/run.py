@@ -275,15 +275,14 @@ def _container_layer(engine: Engine, cid: str, extra_dirs: list[str]) -> LayerRe
     from shale import tarwriter as tw
     from shale.changes_ops import write_container_layer
     from shale.containers import ContainerStore
-    from shale.tarscan import scan_copy
 
     c = ContainerStore(engine).get(cid)
     with engine.lock(), engine.content.writer() as w:
         if not extra_dirs:
-            digest, size = write_container_layer(engine, c, w)  # type: ignore[arg-type]
+            digest, size, content = write_container_layer(engine, c, w)  # type: ignore[arg-type]
         else:
             with tempfile.TemporaryFile(dir=engine.root) as tmp:
-                write_container_layer(engine, c, tmp)  # type: ignore[arg-type]
+                _, _, content = write_container_layer(engine, c, tmp)  # type: ignore[arg-type]
                 end = tmp.tell() - 2 * tw.BLOCK  # the tar's two zero blocks come last
                 tmp.seek(0)
                 tar = tw.TarWriter(w)  # type: ignore[arg-type]
@@ -295,8 +294,6 @@ def _container_layer(engine: Engine, cid: str, extra_dirs: list[str]) -> LayerRe
                     tar.write(tw.header(d + "/", tw.DIR, mode=0o755, uid=0, gid=0, mtime=now))
                 digest, size = tar.close()
         w.commit(digest, size, what="build layer")
-    with engine.content.open(digest) as f:
-        content = scan_copy(f, lambda _b: None).content_size
     return LayerRecord(digest, digest, oci.OCI_LAYER, size, size, content)
 
 
