@@ -104,10 +104,11 @@ class Metadata:
         if self._db is None:
             db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             db.row_factory = sqlite3.Row
-            db.execute("PRAGMA busy_timeout=60000")
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA foreign_keys=ON")
+            try:
+                _init_connection(db)
+            except BaseException:
+                db.close()
+                raise
             self._db = db
         return self._db
 
@@ -145,6 +146,30 @@ class Metadata:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def _init_connection(db: sqlite3.Connection, patience: float = 60.0) -> None:
+    """Per-connection settings. Opening a WAL database while another process closes its
+    last connection (checkpoint, WAL reset) can answer SQLITE_BUSY without consulting the
+    busy handler, so a "locked" here is retried rather than failing a concurrent command.
+    WAL mode is persistent: it is only switched on when the file is not in it yet."""
+    import time
+
+    deadline = time.monotonic() + patience
+    delay = 0.002
+    while True:
+        try:
+            db.execute("PRAGMA busy_timeout=60000")
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            return
+        except sqlite3.OperationalError as e:
+            if ("locked" not in str(e) and "busy" not in str(e)) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
 
 def _statements(script: str) -> list[str]:
