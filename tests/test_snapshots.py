@@ -262,6 +262,25 @@ def test_remove_refuses_parents_and_leaves_nothing(snap: Snapshotter) -> None:
         assert list((home / "l").iterdir()) == []
 
 
+def test_remove_all_is_one_transaction(snap: Snapshotter) -> None:
+    _chain(snap, 2)
+    snap.prepare("k", "c1")
+    snap.view("v", "c0")
+    home = snap.layer_dir("c0").parent.parent.parent
+    # c0 still has a child (v): nothing goes, k included
+    with pytest.raises(InUse):
+        snap.remove_all(["k", "c1", "c0"])
+    assert {i.name for i in snap.walk()} == {"c0", "c1", "k", "v"}
+    assert snap.layer_dir("k").is_dir() and snap.layer_dir("c1").is_dir()
+    # children first, missing keys skipped
+    dirs = [snap.layer_dir(n).parent for n in ("k", "c1")]
+    assert snap.remove_all(["k", "nosuch", "c1"]) == ["k", "c1"]
+    assert {i.name for i in snap.walk()} == {"c0", "v"}
+    assert not any(d.exists() for d in dirs)
+    assert list((home / "tmp").iterdir()) == []
+    assert snap.remove_all([]) == [] and snap.remove_all(["gone"]) == []
+
+
 def test_cleanup_removes_what_dead_processes_left(snap: Snapshotter) -> None:
     _chain(snap, 1)
     snap.prepare("live", "c0")
@@ -490,6 +509,26 @@ def test_unmount_all_under_deepest_first(clean_mounts: Path) -> None:
     done = unmount_all_under(base)
     assert len(done) == 6
     assert not [m for m in mountinfo() if m.mount_point.startswith(str(base))]
+
+
+def test_unmount_takes_the_point_and_what_is_below(clean_mounts: Path) -> None:
+    from shale.mount import mount_points
+
+    tmpfs = Mount("tmpfs", "tmpfs", ("size=1m",))
+    top = clean_mounts / "with space"
+    top.mkdir()
+    sibling = clean_mounts / "with space2"  # a prefix match that is not below
+    sibling.mkdir()
+    mount_all([tmpfs], sibling)
+    mount_all([tmpfs, tmpfs], top)  # stacked
+    (top / "sub").mkdir()
+    mount_all([tmpfs], top / "sub")
+    assert mount_points(str(top)) == [str(top), str(top), str(top / "sub")]
+    assert is_mountpoint(top) and is_mountpoint(top / "sub") and not is_mountpoint(clean_mounts)
+    unmount(top)
+    assert mount_points(str(top)) == [] and mount_points(str(sibling)) == [str(sibling)]
+    unmount(top)  # nothing there: not an error
+    unmount(sibling)
 
 
 def test_make_rprivate_stops_propagation(clean_mounts: Path) -> None:

@@ -12,15 +12,14 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shale.containers import Container, ContainerStore, State, monitor_alive
 from shale.errors import Conflict, InvalidArgument, NotFound, ShaleError
 from shale.oci import format_time
+from shale.record import field, record
 
 if TYPE_CHECKING:
     from shale.engine import Engine
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
 DEFAULT_STOP_TIMEOUT = 10
 
 
-@dataclass
+@record
 class RunOptions:
     image: str
     cmd: list[str] | None = None
@@ -188,7 +187,7 @@ def create(engine: Engine, opts: RunOptions, warnings: list[str] | None = None) 
     c = store.create(record, opts.name)
     try:
         if not config["Hostname"]:
-            config["Hostname"] = c.short_id if opts.network != "host" else socket.gethostname()
+            config["Hostname"] = c.short_id if opts.network != "host" else os.uname().nodename
             store.update_record(c)
         # a bind of a host file gets a file stub (a directory would refuse the mount)
         stubs = [(m["Destination"], not (m["Type"] == "bind" and os.path.exists(m["Source"])

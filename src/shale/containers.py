@@ -22,12 +22,12 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shale.errors import Conflict, InvalidArgument, NotFound
 from shale.fileutil import atomic_write
+from shale.record import field, fields, record
 
 if TYPE_CHECKING:
     from shale.engine import Engine
@@ -38,7 +38,7 @@ INIT_STUBS_DIRS = ("proc", "sys", "dev", "dev/pts", "dev/shm", "etc")
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
-@dataclass
+@record
 class State:
     Status: str = "created"  # created running paused restarting removing exited dead
     Running: bool = False
@@ -56,18 +56,18 @@ class State:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "extra"}
+        d = {k: getattr(self, k) for k in fields(self) if k != "extra"}
         d.update(self.extra)
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> State:
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k != "extra"}
-        extra = {k: v for k, v in d.items() if k not in cls.__dataclass_fields__}
+        known = {k: d[k] for k in fields(cls) if k in d and k != "extra"}
+        extra = {k: v for k, v in d.items() if k not in fields(cls)}
         return cls(**known, extra=extra)
 
 
-@dataclass
+@record
 class Container:
     id: str
     name: str
@@ -206,10 +206,9 @@ def write_state(c: Container, st: State) -> None:
 
 
 def unmount_rootfs(c: Container) -> None:
-    from shale.mount import unmount, unmount_all_under
+    from shale.mount import unmount
 
-    unmount_all_under(c.rootfs)
-    unmount(c.rootfs)
+    unmount(c.rootfs)  # everything at and below it
 
 
 class ContainerStore:
@@ -337,10 +336,8 @@ class ContainerStore:
         snap.prepare(c.snapshot_key, c.init_snapshot, labels={"shale.container": c.id})
 
     def remove_snapshots(self, c: Container) -> None:
-        snap = self.engine.snapshots
-        for key in (c.snapshot_key, f"{c.init_snapshot}-key", c.init_snapshot):
-            with contextlib.suppress(NotFound):
-                snap.remove(key)
+        self.engine.snapshots.remove_all([c.snapshot_key, f"{c.init_snapshot}-key",
+                                          c.init_snapshot])
 
     def mount_rootfs(self, c: Container) -> None:
         from shale.mount import is_mountpoint, mount_all

@@ -15,17 +15,17 @@ import signal
 import struct
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shale.containers import ContainerStore
 from shale.errors import Conflict
+from shale.record import field, record
 
 if TYPE_CHECKING:
     from shale.engine import Engine
 
 
-@dataclass
+@record
 class ExecOptions:
     cmd: list[str]
     env: list[str] = field(default_factory=list)

@@ -465,14 +465,20 @@ class Monitor:
         with contextlib.suppress(Exception):
             unmount_rootfs(self.c)
         write_state(self.c, st)
+        with contextlib.suppress(FileNotFoundError):
+            self.c.attach_socket.unlink()  # the clients connected keep their connections
+        # Done with the container: let go of the lock *before* the exit reaches the clients,
+        # so a `run --rm` (or `rm`, `start`) acting on that exit finds the container stopped
+        # at once. Everything the lock guards (state, mounts, network, the socket path) is
+        # final; what is left only concerns this process's own connections.
+        os.close(self.lock)
+        self.lock = -1
         if not self.exit_sent:
             self._broadcast(ap.frame(ap.EXIT, json.dumps({"ExitCode": st.ExitCode,
                                                           "Error": ""}).encode()))
         attached = bool(self.clients)
         for fd in list(self.clients):
             self._drop(fd)
-        with contextlib.suppress(FileNotFoundError):
-            self.c.attach_socket.unlink()
         self._status(b"S")
         if self.c.host_config.get("AutoRemove") and not attached:
             # an attached CLI removes the container itself (as docker's CLI does); else a

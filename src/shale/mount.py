@@ -22,7 +22,6 @@ import ctypes
 import errno
 import os
 import re
-from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -34,9 +33,10 @@ from shale.errors import (
     ShaleError,
     Unsupported,
 )
+from shale.record import field, record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Mount:
     """One mount. For overlay: ``options`` holds ``lowerdir=a:b`` (highest first),
     ``upperdir=``, ``workdir=`` and flags; for a bind: ``type="bind"``, options ``rbind``/``ro``."""
@@ -207,7 +207,7 @@ def _error(op: str, target: str, err: int, detail: str = "") -> ShaleError:
 
 # --- mountinfo -----------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MountInfo:
     """One line of ``/proc/self/mountinfo`` (``optional`` holds ``shared:N``, ``master:N``)."""
 
@@ -244,11 +244,28 @@ def mountinfo() -> list[MountInfo]:
     return result
 
 
+def mount_points(prefix: str) -> list[str]:
+    """Mount points at ``prefix`` or below it (a real path, no trailing slash), once per
+    mount stacked there, in the kernel's order. The cheap reading of mountinfo: only the
+    mount point field is looked at, and only the candidates are unescaped."""
+    with open("/proc/self/mountinfo", "rb") as f:
+        data = f.read()
+    raw = os.fsencode(prefix)
+    found = []
+    for line in data.splitlines():
+        point = line.split(b" ", 5)[4]
+        if b"\\" in point:
+            point = os.fsencode(_unescape(point))
+        if point == raw or (point.startswith(raw) and point[len(raw):len(raw) + 1] == b"/"):
+            found.append(os.fsdecode(point))
+    return found
+
+
 def is_mountpoint(path: Path) -> bool:
     """True if something is mounted on ``path`` (bind mounts of the same fs included,
     which ``os.path.ismount`` misses)."""
     real = os.path.realpath(path)
-    return any(m.mount_point == real for m in mountinfo())
+    return real in mount_points(real)
 
 
 # --- mounting ------------------------------------------------------------------------------
@@ -326,7 +343,7 @@ def _mount_bind(m: Mount, target: str) -> None:
         raise _error("remount read-only", target, e.errno or 0) from None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _Overlay:
     source: str
     lowers: list[str]
@@ -501,32 +518,47 @@ def unmount(target: Path, *, lazy_fallback: bool = True) -> None:
     on ``target`` itself. Nothing mounted is not an error (cleanup paths call this twice).
     ``InUse`` if a mount is busy and ``lazy_fallback`` is False."""
     real = os.path.realpath(target)
-    for _ in range(128):  # bounded: a kernel that keeps saying "unmounted" must not hang us
-        unmount_all_under(Path(real), lazy_fallback=lazy_fallback)
-        if not _umount_path(real, lazy_fallback):
-            return
-    raise InUse(f"unmount {target}: still mounted after 128 unmounts")
+    if not _unmount_below(real, strict=False, lazy_fallback=lazy_fallback):
+        raise InUse(f"unmount {target}: still mounted after 128 unmounts")
 
 
 def unmount_all_under(prefix: Path, *, lazy_fallback: bool = True) -> list[Path]:
     """Unmount every mount whose mount point is strictly below ``prefix``, deepest first
     (children before parents). Returns the mount points unmounted."""
-    real = os.path.realpath(prefix).rstrip("/") + "/"
     done: list[Path] = []
-    # More than one pass: a mount hidden under a later mount on a shallower path cannot be
-    # reached by its path until that one is gone.
-    for _ in range(16):
-        points = [m.mount_point for m in mountinfo() if m.mount_point.startswith(real)]
+    _unmount_below(os.path.realpath(prefix), strict=True, lazy_fallback=lazy_fallback,
+                   done=done)
+    return done
+
+
+def _unmount_below(real: str, *, strict: bool, lazy_fallback: bool,
+                   done: list[Path] | None = None) -> bool:
+    """Unmount what is mounted at (unless ``strict``) and below ``real``; False if mounts
+    kept coming off for 128 rounds. One reading of mountinfo per round: mountinfo
+    lists every mount, the covered and the stacked ones too, so when each listed one
+    came off there is nothing left to look for. Another round is needed only when one
+    could not be reached by its path yet (a mount hidden under a later mount on a
+    shallower path), or when a kernel keeps reporting a mount as gone."""
+    real = real.rstrip("/") or "/"
+    for _ in range(128):  # bounded: a kernel that keeps saying "unmounted" must not hang us
+        points = [p for p in mount_points(real) if not (strict and p == real)]
+        if not points:
+            return True
         # Deeper paths first; stacked mounts appear once per layer, each unmount pops one.
         points.sort(key=lambda p: p.count("/"), reverse=True)
-        progress = False
+        missed = progress = False
         for point in points:
             if _umount_path(point, lazy_fallback):
-                done.append(Path(point))
                 progress = True
-        if not progress:
-            break
-    return done
+                if done is not None:
+                    done.append(Path(point))
+            else:
+                missed = True
+        if not missed or not progress:
+            # all gone; or none could be reached by its path, which another round will
+            # not change (as before: left alone, not an error)
+            return True
+    return False
 
 
 def make_rprivate(path: Path) -> None:

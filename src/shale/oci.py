@@ -8,14 +8,14 @@ ID, a pulled manifest keeps its digest).
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from shale.digest import Digest
 from shale.errors import DataError
+from shale.record import field, record
 
 # Media types (image-spec specs-go/v1/mediatype.go; docker schema2).
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -52,10 +52,18 @@ def now_rfc3339() -> str:
 
 
 def format_time(ts: float) -> str:
-    """RFC 3339 with nanosecond-style fraction, as Go's time.RFC3339Nano (trailing zeros cut)."""
-    dt = datetime.fromtimestamp(ts, tz=UTC)
-    frac = f"{dt.microsecond:06d}".rstrip("0")
-    base = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    """RFC 3339 with nanosecond-style fraction, as Go's time.RFC3339Nano (trailing zeros cut).
+    Microseconds rounded half to even, as ``datetime.fromtimestamp`` does (without importing
+    ``datetime``: ~1 ms on every `run`)."""
+    frac_part, whole = math.modf(ts)
+    micro = round(frac_part * 1e6)
+    secs = int(whole)
+    if micro >= 1_000_000:
+        secs, micro = secs + 1, micro - 1_000_000
+    elif micro < 0:
+        secs, micro = secs - 1, micro + 1_000_000
+    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+    frac = f"{micro:06d}".rstrip("0")
     return f"{base}.{frac}Z" if frac else f"{base}Z"
 
 
@@ -78,6 +86,8 @@ def parse_time(text: str | None) -> float:
             main = f"{base}.{frac[:6].ljust(6, '0')}"
         else:
             main += ".000000"
+        from datetime import datetime
+
         return datetime.fromisoformat(main + offset).timestamp()
     except ValueError:
         return 0.0
@@ -98,7 +108,7 @@ def loads_object(raw: bytes, what: str) -> dict[str, Any]:
     return obj
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Descriptor:
     media_type: str
     digest: Digest
@@ -132,7 +142,7 @@ class Descriptor:
         return out
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Manifest:
     raw: bytes
     media_type: str
@@ -159,7 +169,7 @@ class Manifest:
                          for i, d in enumerate(layers)))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Index:
     raw: bytes
     media_type: str
@@ -176,7 +186,7 @@ class Index:
                          for i, d in enumerate(items)))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class History:
     created: str = ""
     created_by: str = ""
@@ -207,7 +217,7 @@ class History:
         return out
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ImageConfig:
     """An image config kept as its raw bytes; ``id`` is their sha256 (docker's image ID)."""
 

@@ -18,9 +18,9 @@ prints it).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
 
 from shale.errors import InvalidArgument, InvalidReference
+from shale.record import record, replace
 
 DEFAULT_DOMAIN = "docker.io"
 LEGACY_DEFAULT_DOMAIN = "index.docker.io"
@@ -61,7 +61,7 @@ _DIGEST_ANY_RE = re.compile(_DIGEST, re.ASCII)
 ERR_INVALID_FORMAT = "invalid reference format"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Reference:
     """A parsed, normalised reference: ``domain/path[:tag][@digest]``.
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import BinaryIO
 
 from shale.errors import DataError, UnsafePath
+from shale.record import record
 
 BLOCK = 512
 CHUNK = 1 << 20
@@ -22,7 +22,7 @@ WH_PREFIX = ".wh."
 WH_OPAQUE = ".wh..wh..opq"
 
 
-@dataclass
+@record
 class ScanResult:
     tar_size: int = 0
     content_size: int = 0

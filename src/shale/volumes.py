@@ -11,17 +11,17 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shale.errors import Conflict, InvalidArgument, NotFound
 from shale.metadata import Metadata
+from shale.record import record
 
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Volume:
     name: str
     created: float

@@ -9,7 +9,7 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from shale.errors import InvalidArgument, ShaleError
@@ -66,7 +66,7 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("command", nargs=argparse.REMAINDER)
 
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
+def _add_run(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("run", help="create and run a container", add_help=False)
     p.add_argument("--help", action="help")
     p.add_argument("-d", "--detach", action="store_true")
@@ -74,20 +74,32 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("-a", "--attach", action="append", default=[])
     add_create_flags(p)
     p.set_defaults(handler=cmd_run)
+
+
+def _add_create(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("create", help="create a container", add_help=False)
     p.add_argument("--help", action="help")
     add_create_flags(p)
     p.set_defaults(handler=cmd_create)
+
+
+def _add_start(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("start", help="start stopped containers")
     p.add_argument("-a", "--attach", action="store_true")
     p.add_argument("-i", "--interactive", action="store_true")
     p.add_argument("containers", nargs="+", metavar="CONTAINER")
     p.set_defaults(handler=cmd_start)
+
+
+def _add_attach(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("attach", help="attach to a running container")
     p.add_argument("--no-stdin", action="store_true")
     _bool_flag(p, "--sig-proxy", default=True)
     p.add_argument("container")
     p.set_defaults(handler=cmd_attach)
+
+
+def _add_exec(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("exec", help="run a command in a running container")
     p.add_argument("-d", "--detach", action="store_true")
     p.add_argument("-i", "--interactive", action="store_true")
@@ -100,6 +112,18 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("container")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(handler=cmd_exec)
+
+
+# one builder per verb: `shale run` builds only run's parser (see cli.build_parser)
+PARSERS: dict[str, Callable[[argparse._SubParsersAction[Any]], None]] = {
+    "run": _add_run, "create": _add_create, "start": _add_start, "attach": _add_attach,
+    "exec": _add_exec,
+}
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    for add in PARSERS.values():
+        add(sub)
 
 
 def _read_env_files(files: list[str]) -> list[str]:
@@ -142,8 +166,6 @@ def ram_in_bytes(text: str) -> int:
 def _limits(ns: argparse.Namespace) -> dict[str, Any]:
     """docker's client-side parsing of the limit flags (MemBytes, MemSwapBytes, NanoCPUs,
     int64), with its messages."""
-    from fractions import Fraction
-
     out: dict[str, Any] = {"cpuset_cpus": ns.cpuset_cpus}
     for key, flag, value in (("memory", "-m, --memory", ns.memory),
                              ("memory_swap", "--memory-swap", ns.memory_swap)):
@@ -155,6 +177,8 @@ def _limits(ns: argparse.Namespace) -> dict[str, Any]:
             except ValueError as e:
                 raise _bad_flag(ns, flag, value, str(e)) from None
     if ns.cpus:
+        from fractions import Fraction
+
         try:
             nano = Fraction(ns.cpus) * 1_000_000_000
         except (ValueError, ZeroDivisionError):

@@ -16,7 +16,6 @@ import contextlib
 import ipaddress
 import json
 import os
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from shale.errors import ShaleError
@@ -24,13 +23,14 @@ from shale.fileutil import atomic_write
 from shale.network import iptables
 from shale.network.ipam import NET_DIR, bridge_dir, bridge_lock, bridges, locked
 from shale.network.netlink import Netlink
+from shale.record import asdict, record
 
 DEFAULT_BRIDGE = "shale0"
 POOLS = [f"172.{n}.0.0/16" for n in range(18, 32)] + \
     [f"192.168.{n}.0/20" for n in range(0, 256, 16)]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BridgeConfig:
     bridge: str
     subnet: str

@@ -10,16 +10,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shale.errors import InvalidArgument
+from shale.record import field, record
 
 if TYPE_CHECKING:
     from shale.engine import Engine
 
 
-@dataclass
+@record
 class NetworkRequest:
     mode: str = "default"
     publish: list[str] = field(default_factory=list)
@@ -29,7 +29,7 @@ class NetworkRequest:
     hostname: str = ""
 
 
-@dataclass
+@record
 class NetworkFields:
     mode: str
     port_bindings: dict[str, Any]

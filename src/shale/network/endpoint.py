@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,7 @@ from shale.errors import Conflict, ShaleError
 from shale.fileutil import atomic_write
 from shale.network import hosts, ipam, reconcile
 from shale.network.config import endpoints_config, network_mode
+from shale.record import field, record
 
 if TYPE_CHECKING:
     from shale.containers import Container
@@ -43,7 +43,7 @@ STATE = "network.json"
 JOINERS = "netns-joiners"
 
 
-@dataclass
+@record
 class Plan:
     mode: str                                    # bridge | user | host | none | container
     networks: list[tuple[Network, list[str]]] = field(default_factory=list)

@@ -23,18 +23,18 @@ import itertools
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shale.errors import ShaleError
+from shale.record import record
 
 RUN_DIR = Path("/run/shale")
 NET_DIR = RUN_DIR / "net"
 NETNS_DIR = RUN_DIR / "netns"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Holder:
     """Who holds an address: enough to rewrite /etc/hosts and to test liveness."""
 

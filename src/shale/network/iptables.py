@@ -16,10 +16,10 @@ shale's own read-modify-write cycles; each batch is applied atomically by iptabl
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass
 
 from shale.errors import ShaleError
 from shale.network.ipam import RUN_DIR, locked
+from shale.record import record
 
 LOCK = RUN_DIR / "iptables.lock"
 NAT_CHAINS = ("SHALE", "SHALE-POSTROUTING")
@@ -33,7 +33,7 @@ JUMPS = {
 BRIDGE_PREFIX = "shale+"  # every shale bridge: shale0 and shale-<id>
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PortRule:
     proto: str      # tcp | udp
     host_ip: str    # 0.0.0.0 = every address

@@ -13,15 +13,15 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from dataclasses import dataclass
 from typing import Any
 
 from shale.errors import InvalidArgument, NotFound, ShaleError
+from shale.record import record
 
 PROTOS = ("tcp", "udp", "sctp")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Binding:
     """One host address:port published for one container port."""
 

@@ -18,12 +18,12 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shale.errors import Conflict, InvalidArgument, NotFound, ShaleError
 from shale.network import ipam
 from shale.network.bridge import DEFAULT_BRIDGE, BridgeConfig
+from shale.record import record
 
 if TYPE_CHECKING:
     from shale.engine import Engine
@@ -34,7 +34,7 @@ ICC_OPT = "com.docker.network.bridge.enable_icc"
 MTU_OPT = "com.docker.network.driver.mtu"
 
 
-@dataclass
+@record
 class Network:
     id: str
     name: str

@@ -65,16 +65,16 @@ same for both runtimes. The pty is opened inside the container's own devpts (``t
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from shale.errors import InvalidArgument, RuntimeFailure
+from shale.record import record
 
 RUNTIMES = ("builtin", "runc")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ProcessIO:
     stdin: int | None = None
     stdout: int | None = None
@@ -86,7 +86,7 @@ class ProcessIO:
         return self.console_socket is not None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class State:
     status: str  # "created" | "running" | "paused" | "stopped"
     pid: int

@@ -32,11 +32,11 @@ import errno
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from shale.errors import InvalidArgument, RuntimeFailure
+from shale.record import field, record
 
 V1_CONTROLLERS = ("freezer", "pids", "memory", "devices", "cpu", "cpuacct", "cpuset", "blkio")
 _V2_CONTROLLERS = ("pids", "memory")  # enabled or the create fails
@@ -45,7 +45,7 @@ _KNOWN_V1 = frozenset(("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer
                        "net_prio", "blkio", "perf_event", "hugetlb", "pids", "rdma", "misc"))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Layout:
     mode: str  # "v1" | "hybrid" | "v2"
     v1: dict[str, str] = field(default_factory=dict)  # controller -> mount point
@@ -111,7 +111,7 @@ def shares_to_weight(shares: int) -> int:
     return min(10000, max(1, 1 + ((shares - 2) * 9999) // 262142))
 
 
-@dataclass
+@record
 class Usage:
     """One reading of a container's cgroup (bytes, nanoseconds, counts)."""
 
@@ -145,7 +145,7 @@ def _kv(path: Path) -> dict[str, int]:
     return out
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Support:
     """docker's ``sysinfo``: which limits this host's cgroups can apply."""
 

@@ -11,10 +11,10 @@ CAP_SYS_RESOURCE a higher one fails the start). Both runtimes read the same dict
 from __future__ import annotations
 
 import resource
-from dataclasses import dataclass, field
 from typing import Any
 
 from shale.errors import InvalidArgument
+from shale.record import field, record
 
 # capability names by number (linux/capability.h)
 _CAP_TABLE = """
@@ -60,7 +60,7 @@ RLIMITS = {
 }
 
 
-@dataclass
+@record
 class SpecOptions:
     """Everything ``build_spec`` needs; the engine fills it from image config + flags.
     ``env`` is the final list (see ``container_env``); ``mounts`` are extra OCI mounts

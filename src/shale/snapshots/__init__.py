@@ -42,12 +42,12 @@ Contract
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
 from shale.mount import Mount
+from shale.record import record
 
 
 class Kind(StrEnum):
@@ -56,7 +56,7 @@ class Kind(StrEnum):
     COMMITTED = "committed"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Info:
     name: str
     kind: Kind
@@ -65,7 +65,7 @@ class Info:
     labels: dict[str, str]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Usage:
     size: int
     inodes: int
@@ -88,6 +88,11 @@ class Snapshotter(Protocol):
     def commit(self, name: str, key: str, labels: dict[str, str] | None = None) -> None: ...
 
     def remove(self, key: str) -> None: ...
+
+    def remove_all(self, keys: list[str]) -> list[str]:
+        """``remove`` of each of ``keys`` that exists, in order, in one transaction (all or
+        none; ``InUse`` as ``remove``). Returns the keys removed."""
+        ...
 
     def stat(self, key: str) -> Info: ...
 

@@ -17,19 +17,19 @@ Drivers subclass ``SnapshotStore`` and supply only how a directory is filled and
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
-import secrets
 import shutil
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from shale.errors import AlreadyExists, InUse, InvalidArgument, NotFound
 from shale.mount import Mount
+from shale.record import record
 from shale.snapshots import Info, Kind, Usage
 
 _SCHEMA = """
@@ -52,7 +52,7 @@ _ROW_SQL = """SELECT s.id, s.name, s.kind, s.parent, p.name, s.labels, s.created
               FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent"""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Row:
     id: int
     name: str
@@ -265,7 +265,7 @@ class SnapshotStore:
 
     def _staging(self, what: str = "") -> Path:
         # The pid in the name lets cleanup() tell an abandoned staging dir from a live one.
-        name = f"{os.getpid()}-{what}{secrets.token_hex(8)}"
+        name = f"{os.getpid()}-{what}{os.urandom(8).hex()}"
         return self.home / "tmp" / name
 
     # --- the contract -----------------------------------------------------------------
@@ -377,6 +377,40 @@ class SnapshotStore:
                 tx.undo(lambda: os.rename(trash, src))
             self._unpublish(tx, row.id)
         _rmtree(trash)  # after the commit: deleting a big tree must not hold the lock
+
+    def remove_all(self, keys: list[str]) -> list[str]:
+        """``remove`` of each key that exists, in order (children first), in one
+        transaction: all of them go or none. Returns the keys removed."""
+        trash: list[Path] = []
+        removed: list[str] = []
+        try:
+            with self._meta.write() as tx:
+                for key in keys:
+                    row = self._meta.find(key, tx.con)
+                    if row is None:
+                        continue
+                    children = [t[0] for t in tx.con.execute(
+                        "SELECT name FROM snapshots WHERE parent = ? ORDER BY id LIMIT 3",
+                        (row.id,))]
+                    if children:
+                        raise InUse(f"snapshot {key!r} has children ({', '.join(children)}"
+                                    f"{', ...' if len(children) == 3 else ''}): remove them "
+                                    "first")
+                    tx.con.execute("DELETE FROM snapshots WHERE id = ?", (row.id,))
+                    src = self._dir(row.id)
+                    if src.exists():
+                        dst = self._staging("rm-")
+                        os.rename(src, dst)
+                        trash.append(dst)
+                        tx.undo(functools.partial(os.rename, dst, src))
+                    self._unpublish(tx, row.id)
+                    removed.append(key)
+        except BaseException:
+            trash.clear()  # the undo put them back
+            raise
+        for path in trash:  # after the commit: deleting trees must not hold the lock
+            _rmtree(path)
+        return removed
 
     def stat(self, key: str) -> Info:
         return self._meta.get(key).info()
