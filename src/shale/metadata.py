@@ -105,7 +105,7 @@ class Metadata:
             db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             db.row_factory = sqlite3.Row
             try:
-                _init_connection(db)
+                init_connection(db)
             except BaseException:
                 db.close()
                 raise
@@ -148,7 +148,7 @@ class Metadata:
             self._db = None
 
 
-def _init_connection(db: sqlite3.Connection, patience: float = 60.0) -> None:
+def init_connection(db: sqlite3.Connection, patience: float = 60.0) -> None:
     """Per-connection settings. Opening a WAL database while another process closes its
     last connection (checkpoint, WAL reset) can answer SQLITE_BUSY without consulting the
     busy handler, so a "locked" here is retried rather than failing a concurrent command.

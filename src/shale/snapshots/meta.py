@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from shale.errors import AlreadyExists, InUse, InvalidArgument, NotFound
+from shale.metadata import init_connection
 from shale.mount import Mount
 from shale.record import record
 from shale.snapshots import Info, Kind, Usage
@@ -112,12 +113,11 @@ class MetaStore:
             return self._con
         con = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000,
                               isolation_level=None, check_same_thread=False)
-        con.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-        con.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit that returned survives a power cut, so the db never forgets a
-        # snapshot whose directory exists (0.5 ms a commit here).
-        con.execute("PRAGMA synchronous=NORMAL")
-        con.execute("PRAGMA foreign_keys=ON")
+        try:
+            init_connection(con)  # WAL, NORMAL sync, foreign keys; retries a racy BUSY
+        except BaseException:
+            con.close()
+            raise
         if con.execute("PRAGMA user_version").fetchone()[0] != _SCHEMA_VERSION:
             _create_schema(con)
         self._con, self._pid = con, os.getpid()
