@@ -58,7 +58,11 @@ def open_layer_tar(content: ContentStore, layer: LayerRecord) -> BinaryIO:
     f = content.open(layer.blob)
     if layer.blob == layer.diff_id:
         return f
-    _, stream = decompressed(f)
+    try:
+        _, stream = decompressed(f)
+    except BaseException:
+        f.close()
+        raise
     inner_close = stream.close
 
     def close() -> None:  # the decompressor does not close the blob file it reads
