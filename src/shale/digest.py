@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import BinaryIO
 
 from shale.errors import InvalidArgument
+from shale.record import record
 
 _SHA256 = re.compile(r"^sha256:[a-f0-9]{64}$")
 _HEX64 = re.compile(r"^[a-f0-9]{64}$")
@@ -17,7 +16,7 @@ EMPTY_LAYER_DIFF_ID = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cd
 """diff_id of the canonical empty layer: 1024 zero bytes (two tar end blocks)."""
 
 
-@dataclass(frozen=True, order=True)
+@record(frozen=True, order=True)
 class Digest:
     """A ``sha256:<64 lowercase hex>`` digest. Only sha256 is accepted."""
 
@@ -37,6 +36,8 @@ class Digest:
 
     @classmethod
     def of_bytes(cls, data: bytes) -> Digest:
+        import hashlib  # here: loading libcrypto costs ~2.5 ms, and `run` needs no hash
+
         return cls("sha256:" + hashlib.sha256(data).hexdigest())
 
     @property
@@ -60,6 +61,8 @@ class Hasher:
     """A running sha256 plus byte count, fed as data streams past."""
 
     def __init__(self) -> None:
+        import hashlib
+
         self._h = hashlib.sha256()
         self.size = 0
 
@@ -83,6 +86,18 @@ def iter_chunks(fp: BinaryIO, bufsize: int = 1 << 20) -> Iterator[bytes]:
         yield chunk
 
 
+def sha256_hex(data: bytes) -> str:
+    """sha256 hex of a small input (a chain ID's, a cache key's) without loading libcrypto:
+    the interpreter's own sha256 imports in a third of hashlib's time, and `run` computes
+    chain IDs of a layered image. For streams and big blobs use ``Hasher`` (OpenSSL)."""
+    try:
+        import _sha256 as impl  # type: ignore[import-not-found]
+    except ImportError:  # an interpreter built without it
+        import hashlib as impl
+    hexdigest: str = impl.sha256(data).hexdigest()
+    return hexdigest
+
+
 def chain_ids(diff_ids: Iterable[Digest | str]) -> list[Digest]:
     """OCI chain IDs, base first: ChainID(L0) = DiffID(L0);
     ChainID(L0..n) = sha256(ChainID(L0..n-1) + " " + DiffID(Ln))."""
@@ -92,5 +107,5 @@ def chain_ids(diff_ids: Iterable[Digest | str]) -> list[Digest]:
         if not out:
             out.append(dd)
         else:
-            out.append(Digest.of_bytes(f"{out[-1].value} {dd.value}".encode()))
+            out.append(Digest("sha256:" + sha256_hex(f"{out[-1].value} {dd.value}".encode())))
     return out

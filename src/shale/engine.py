@@ -14,7 +14,6 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -24,6 +23,7 @@ from shale.digest import Digest
 from shale.errors import InvalidArgument, NotFound
 from shale.images import Image, ImageStore, LayerRecord
 from shale.metadata import Metadata
+from shale.record import record
 from shale.refs import Reference
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 DEFAULT_ROOT = "/var/lib/shale"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HistoryRow:
     id: str          # image ID or "<missing>"
     created: float

@@ -10,17 +10,17 @@ from __future__ import annotations
 import builtins
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from shale.content import ContentStore
 from shale.digest import Digest, chain_ids
 from shale.errors import Conflict, InvalidReference, NotFound, ShaleError
 from shale.metadata import Metadata
 from shale.oci import ImageConfig
+from shale.record import record
 from shale.refs import Reference
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LayerRecord:
     diff_id: Digest
     blob: Digest
@@ -33,7 +33,7 @@ class LayerRecord:
     verified: bool = True
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Image:
     id: Digest
     config: ImageConfig

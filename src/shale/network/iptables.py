@@ -15,8 +15,6 @@ shale's own read-modify-write cycles; each batch is applied atomically by iptabl
 
 from __future__ import annotations
 
-import subprocess
-
 from shale.errors import ShaleError
 from shale.network.ipam import RUN_DIR, locked
 from shale.record import record
@@ -44,6 +42,8 @@ class PortRule:
 
 def _run(argv: list[str], text: str | None = None) -> str:
     try:
+        import subprocess  # only when rules change: not on a plain start
+
         done = subprocess.run(argv, input=text, capture_output=True, text=True, check=False)
     except FileNotFoundError:
         raise ShaleError(f"{argv[0]} is not installed: bridge networking needs iptables"

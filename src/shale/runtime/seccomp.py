@@ -11,7 +11,6 @@ program by the profile's hash, so a warm start loads raw BPF with one ``prctl``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -208,8 +207,9 @@ def _build(profile: dict[str, Any]) -> bytes:
 def compile_bpf(profile: dict[str, Any], cache_dir: Path | None = None) -> bytes:
     """The BPF program for an OCI ``linux.seccomp`` object; cached in ``cache_dir`` by the
     hash of the profile (the compile is what costs: libseccomp import and ~400 rules)."""
-    key = hashlib.sha256(json.dumps(profile, sort_keys=True).encode()
-                         + os.uname().machine.encode()).hexdigest()
+    from shale.digest import sha256_hex
+
+    key = sha256_hex(json.dumps(profile, sort_keys=True).encode() + os.uname().machine.encode())
     cached = cache_dir / f"{key}.bpf" if cache_dir else None
     if cached is not None:
         try:
