@@ -239,10 +239,18 @@ def cmd_create(engine: Engine, ns: argparse.Namespace) -> int:
 
 
 def cmd_run(engine: Engine, ns: argparse.Namespace) -> int:
-    from shale.monitor import read_status
-
     if ns.tty and ns.interactive and not sys.stdin.isatty():
         raise InvalidArgument("the input device is not a TTY")
+    _begin_warming()
+    try:
+        return _run(engine, ns)
+    finally:
+        _end_warming()
+
+
+def _run(engine: Engine, ns: argparse.Namespace) -> int:
+    from shale.monitor import read_status
+
     c = _create(engine, ns)
     if ns.detach:
         with _warm_moves():
@@ -295,18 +303,37 @@ def _start_attached(engine: Engine, c: Container, stdin: bool, sig_proxy: bool,
     return int(result.get("ExitCode", 125))
 
 
+_warmer: Any = None  # the running cgroups.MoveWarmer of this command, if any
+
+
+def _begin_warming() -> None:
+    """Start keeping cgroup moves cheap (see ``cgroups.MoveWarmer``) until
+    ``_end_warming``. Early: the first write pays the RCU grace period and holds the
+    kernel's cgroup mutex meanwhile, which would stall the monitor's cgroup mkdirs if it
+    came later; `run` starts it before `create`."""
+    global _warmer
+    if _warmer is None:
+        from shale.runtime.cgroups import MoveWarmer
+
+        _warmer = MoveWarmer().start()
+
+
+def _end_warming() -> None:
+    global _warmer
+    if _warmer is not None:
+        _warmer.stop()
+        _warmer = None
+
+
 @contextlib.contextmanager
 def _warm_moves() -> Iterator[None]:
-    """From the start of ``start`` until the monitor reports the container started: the
-    monitor's move of the container into its cgroup then waits no RCU grace period (see
-    ``cgroups.MoveWarmer``)."""
-    from shale.runtime.cgroups import MoveWarmer
-
-    warmer = MoveWarmer().start()
+    """Until the monitor reports the container started: its move of the container into
+    the cgroup then waits for no RCU grace period."""
+    _begin_warming()
     try:
         yield
     finally:
-        warmer.stop()
+        _end_warming()
 
 
 def _start(engine: Engine, c: Container, attached: bool, for_run: bool = True) -> int:
