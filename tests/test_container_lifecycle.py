@@ -304,3 +304,38 @@ def _alive(pid: int) -> bool:
             return "\nState:\tZ" not in f.read()
     except FileNotFoundError:
         return False
+
+
+def test_start_failing_after_the_monitor_forked_leaves_nothing(sh1: Shale,
+                                                                monkeypatch: object) -> None:
+    """The monitor is forked before the bundle is made (it gets ready meanwhile): when the
+    bundle fails, it leaves at once without touching anything, nothing stays mounted or
+    locked, and the next start works."""
+    import pytest
+
+    import shale.bundle
+    from shale.containers import monitor_alive
+    from shale.errors import ShaleError
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    sh1.ok("create", "--name", "late", "bb", "true")
+    cdir = next((sh1.root / "containers").iterdir())
+
+    def broken(*_: object) -> None:
+        raise ShaleError("bundle made to fail")
+
+    monkeypatch.setattr(shale.bundle, "write_bundle", broken)
+    res = sh1("start", "late")
+    assert res.code == 1 and "bundle made to fail" in res.err, res
+    assert not monitor_alive(cdir / "monitor.lock")
+    assert sh1.mounts() == []
+    assert not (cdir / "network.json").exists() and not (cdir / "monitor.err").exists()
+    assert sh1.state("late")["Status"] == "created"
+    monkeypatch.undo()
+    sh1.ok("start", "-a", "late")
+    assert sh1.state("late")["Status"] == "exited"
+    for _ in range(100):  # the monitor lets go of the lock right before its last words
+        if not monitor_alive(cdir / "monitor.lock"):
+            break
+        time.sleep(0.01)
+    assert not monitor_alive(cdir / "monitor.lock")

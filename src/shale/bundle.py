@@ -116,8 +116,8 @@ def write_bundle(engine: Engine, c: Container) -> None:
         pids_limit=int(hc.get("PidsLimit") or 0))
     warnings: list[str] = []
     spec = build_spec(opts, warnings)
-    atomic_write(c.bundle / "config.json", json.dumps(spec, indent=1).encode(),
-                 durable=False)
+    # compact: json's C encoder (indent= takes the pure-Python one, 4x slower)
+    atomic_write(c.bundle / "config.json", json.dumps(spec).encode(), durable=False)
     if warnings:
         (c.dir / "warnings").write_text("\n".join(warnings) + "\n")
     else:

@@ -184,11 +184,11 @@ def create(engine: Engine, opts: RunOptions, warnings: list[str] | None = None) 
               "Config": config, "HostConfig": host_config, "Mounts": mounts,
               "NetworkingConfig": {"EndpointsConfig": net.endpoints}}
     chain = engine.unpack(img)
-    c = store.create(record, opts.name)
+    cid = os.urandom(32).hex()
+    if not config["Hostname"]:  # docker's default: the short ID (the host's name for host)
+        config["Hostname"] = cid[:12] if opts.network != "host" else os.uname().nodename
+    c = store.create(record, opts.name, cid)
     try:
-        if not config["Hostname"]:
-            config["Hostname"] = c.short_id if opts.network != "host" else os.uname().nodename
-            store.update_record(c)
         # a bind of a host file gets a file stub (a directory would refuse the mount)
         stubs = [(m["Destination"], not (m["Type"] == "bind" and os.path.exists(m["Source"])
                                          and not os.path.isdir(m["Source"])))
@@ -281,19 +281,25 @@ def start(engine: Engine, c: Container, attached: bool) -> int:
         sandbox = os.urandom(32).hex()
         bound = net.bind_ports(c, plan, sandbox)  # first: a port taken fails, leaving nothing
         try:
-            store.unmount_rootfs(c)
-            with engine.lock():
-                store.mount_rootfs(c)
+            # the monitor gets ready (process, runtime code) while the bundle is made here
+            pending = monitor.spawn(engine, c, attached, lock, bound)
             try:
-                from shale.bundle import write_bundle
-
-                state = net.setup(c, plan, bound, sandbox)
-                write_bundle(engine, c)
-                return monitor.spawn(engine, c, attached, lock, net.proxies(bound, state))
-            except BaseException:
-                net.teardown(c.dir, delete_links=True)
                 store.unmount_rootfs(c)
+                with engine.lock():
+                    store.mount_rootfs(c)
+                try:
+                    from shale.bundle import write_bundle
+
+                    net.setup(c, plan, bound, sandbox)
+                    write_bundle(engine, c)
+                except BaseException:
+                    net.teardown(c.dir, delete_links=True)
+                    store.unmount_rootfs(c)
+                    raise
+            except BaseException:
+                pending.cancel()
                 raise
+            return pending.go()
         finally:
             for b in bound:  # the monitor has its own copies
                 b.sock.close()

@@ -258,10 +258,12 @@ class ContainerStore:
         write_state(c, st)
 
     # ---- create ------------------------------------------------------------------------
-    def create(self, record: dict[str, Any], name: str | None) -> Container:
+    def create(self, record: dict[str, Any], name: str | None, cid: str | None = None
+               ) -> Container:
         """Insert a record (name unique across processes via the database), make its
-        directory and state. The caller fills the record (Config, HostConfig, Image...)."""
-        cid = os.urandom(32).hex()
+        directory and state. The caller fills the record (Config, HostConfig, Image...);
+        ``cid``: the ID, when the caller needed it before (a fresh random one else)."""
+        cid = cid or os.urandom(32).hex()
         wanted = name.lstrip("/") if name else None
         if wanted is not None:
             _check_name(wanted)

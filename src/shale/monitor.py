@@ -31,18 +31,50 @@ from shale.oci import format_time
 
 if TYPE_CHECKING:
     from shale.engine import Engine
+    from shale.network.ports import Bound
 
 
 # ---- spawning ----------------------------------------------------------------------------
+class Pending:
+    """A monitor forked ahead of time (``spawn``): it makes itself ready (its process, its
+    detach, the runtime's code) while the caller finishes the bundle, then waits. ``go``
+    lets it create and start the container and returns the read end of its status pipe;
+    ``cancel`` (or the caller's death) makes it leave without touching anything."""
+
+    def __init__(self, status_fd: int, go_fd: int, pid: int) -> None:
+        self.status_fd, self.go_fd, self.pid = status_fd, go_fd, pid
+
+    def go(self) -> int:
+        with contextlib.suppress(BrokenPipeError):  # it died: read_status says so
+            os.write(self.go_fd, b"g")
+        self._close()
+        return self.status_fd
+
+    def cancel(self) -> None:
+        """Send it away and wait until it is gone: its lock is free when this returns."""
+        self._close()
+        try:
+            while os.read(self.status_fd, 4096):  # EOF: it let go of the lock and left
+                pass
+        finally:
+            os.close(self.status_fd)
+
+    def _close(self) -> None:
+        os.close(self.go_fd)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)  # the first child: gone once it forked the monitor
+
+
 def spawn(engine: Engine, c: Container, attached: bool, lock: int,
-          proxies: Sequence[tuple[socket.socket, str, tuple[str, int]]] = ()) -> int:
-    """Start the monitor; returns the read end of its status pipe. The status pipe carries
-    ``L`` once the attach socket listens (attached mode) and then ``S`` (started) or
+          bound: Sequence[Bound] = ()) -> Pending:
+    """Fork the monitor; it waits for ``Pending.go``. The status pipe then carries ``L``
+    once the attach socket listens (attached mode) and then ``S`` (started) or
     ``E<code> <message>`` (failed), then closes. ``lock`` is the container's monitor lock,
     taken by the caller: the monitor holds it (the same open file) for its whole life.
-    ``proxies``: published host sockets (bound by the caller) the monitor relays to the
-    container while it runs: (socket, protocol, container address)."""
+    ``bound``: published host sockets (bound by the caller); the monitor relays them to
+    the container's address (from ``network.json``, written before ``go``) while it runs."""
     rd, wr = os.pipe()
+    go_rd, go_wr = os.pipe()
     # The monitor never touches SQLite: it inherits the record through fork and keeps
     # state in files. (SQLite's locks are per process; a forked child must not use, or
     # even close, the parent's connections: it leaves through os._exit.)
@@ -50,15 +82,16 @@ def spawn(engine: Engine, c: Container, attached: bool, lock: int,
     if pid == 0:  # first child: detach and fork the monitor, then leave
         try:
             os.close(rd)
+            os.close(go_wr)
             os.setsid()
             if os.fork() == 0:
-                _monitor_main(engine.root, c, wr, attached, lock, proxies)
+                _monitor_main(engine.root, c, wr, go_rd, attached, lock, bound)
             os._exit(0)
         except BaseException:
             os._exit(1)
     os.close(wr)
-    os.waitpid(pid, 0)
-    return rd
+    os.close(go_rd)
+    return Pending(rd, go_wr, pid)
 
 
 def read_status(fd: int) -> tuple[str, int, str]:
@@ -77,13 +110,18 @@ def read_status(fd: int) -> tuple[str, int, str]:
 
 
 # ---- the monitor -------------------------------------------------------------------------
-def _monitor_main(root: Path, c: Container, status_fd: int, attached: bool,
-                  lock: int, proxies: Sequence[tuple[socket.socket, str, tuple[str, int]]]
-                  ) -> None:
+class _Cancelled(Exception):
+    """The caller gave up before ``go``: leave without a trace."""
+
+
+def _monitor_main(root: Path, c: Container, status_fd: int, go_fd: int, attached: bool,
+                  lock: int, bound: Sequence[Bound]) -> None:
     code = 0
     try:
-        _detach_fds(keep={status_fd, lock, *(p[0].fileno() for p in proxies)})
-        Monitor(root, c, status_fd, attached, lock, proxies).run()
+        _detach_fds(keep={status_fd, go_fd, lock, *(b.sock.fileno() for b in bound)})
+        Monitor(root, c, status_fd, attached, lock, go_fd=go_fd, bound=bound).run()
+    except _Cancelled:
+        os.close(lock)  # before the status pipe closes: ``Pending.cancel`` waits for that
     except BaseException:
         code = 1
         with contextlib.suppress(Exception):
@@ -146,8 +184,8 @@ class _Log:
 
 class Monitor:
     def __init__(self, root: Path, c: Container, status_fd: int, attached: bool,
-                 lock: int, proxies: Sequence[tuple[socket.socket, str, tuple[str, int]]] = ()
-                 ) -> None:
+                 lock: int, proxies: Sequence[tuple[socket.socket, str, tuple[str, int]]] = (),
+                 *, go_fd: int = -1, bound: Sequence[Bound] = ()) -> None:
         self.root = root
         self.lock = lock
         self.c = c
@@ -163,11 +201,36 @@ class Monitor:
         self.exit_sent = False
         self.hello = False  # the first client's hello (stdin wanted, tty size) arrived
         self.size = b""  # "rows cols" for a pty that does not exist yet
+        self.go_fd = go_fd
+        self.bound = bound
+        self._rt: Any = None
         self.proxies: list[Any] = []
+        self._add_proxies(proxies)
+
+    def _add_proxies(self, proxies: Sequence[tuple[socket.socket, str, tuple[str, int]]]
+                     ) -> None:
         if proxies:
             from shale.network.proxy import PortProxy
 
-            self.proxies = [PortProxy(self.sel, *p) for p in proxies]
+            self.proxies += [PortProxy(self.sel, *p) for p in proxies]
+
+    def _await_go(self) -> None:
+        """Block until the caller's ``go`` (the bundle is complete); ``_Cancelled`` if it
+        closed the pipe without it. Then the published ports' container side is known."""
+        if self.go_fd < 0:
+            return
+        try:
+            word = os.read(self.go_fd, 1)
+        finally:
+            os.close(self.go_fd)
+            self.go_fd = -1
+        if word != b"g":
+            raise _Cancelled()
+        if self.bound:
+            from shale.network.endpoint import proxies
+            from shale.network.hosts import read_state as read_network
+
+            self._add_proxies(proxies(list(self.bound), read_network(self.c.dir) or {}))
 
     # ---- lifecycle -----------------------------------------------------------------------
     def run(self) -> None:
@@ -177,16 +240,22 @@ class Monitor:
 
         fcntl.flock(self.lock, fcntl.LOCK_EX)  # held already (inherited from start)
         set_child_subreaper()
+        # the runtime's code loads while the caller finishes the bundle (seccomp's too:
+        # the built-in runtime reads the compiled filter through it)
+        self._runtime()
+        import shale.runtime.seccomp  # noqa: F401
+        self._await_go()
         self.log = _Log(self.c.log_path)
         self.listener = self._listen()
         if self.attached:
             os.write(self.status_fd, b"L")
-            self._wait_first_client(timeout=30.0)
         st = read_state(self.c)
         st.MonitorPid = os.getpid()
         restarts = 0
         while True:
-            code, err = self._run_once(st)
+            # attached: the first run is created while the client connects, and started
+            # once its hello is in (nothing of the container's runs before)
+            code, err = self._run_once(st, wait_client=self.attached and restarts == 0)
             if err is not None:
                 self._fail(st, code, err)
                 break
@@ -213,23 +282,31 @@ class Monitor:
             return code != 0 and (limit == 0 or restarts < limit)
         return False
 
-    def _run_once(self, st: State) -> tuple[int, str | None]:
+    def _run_once(self, st: State, wait_client: bool = False) -> tuple[int, str | None]:
         """Create and start the container, pump its stdio until it exits; returns
-        (exit code, None) or (code, error message) when it could not start."""
+        (exit code, None) or (code, error message) when it could not start.
+        ``wait_client``: between create and start, wait for the first client's hello."""
         from shale.errors import ShaleError
 
         rt = self._runtime()
         with contextlib.suppress(Exception):
             rt.delete(self.c.id, force=True)
+        failed: tuple[int, str] | None = None
         try:
-            pid, fds = self._create(rt)
+            try:
+                pid, fds = self._create(rt)
+            finally:
+                if wait_client:
+                    self._wait_first_client(timeout=30.0)
             rt.start(self.c.id)
         except ShaleError as e:
-            return e.exit_code, str(e)
+            failed = e.exit_code, str(e)
         except Exception as e:  # a runtime bug still reaches the CLI as an error (125)
             with contextlib.suppress(Exception):
                 rt.delete(self.c.id, force=True)
-            return 125, f"{type(e).__name__}: {e}"
+            failed = 125, f"{type(e).__name__}: {e}"
+        if failed is not None:
+            return failed
         st.Status, st.Running, st.Restarting, st.Pid = "running", True, False, pid
         st.ExitCode, st.Error = 0, ""
         st.StartedAt, st.FinishedAt = format_time(time.time()), "0001-01-01T00:00:00Z"
@@ -249,10 +326,12 @@ class Monitor:
         return code, None
 
     def _runtime(self) -> Any:
-        from shale.runtime import get_runtime
+        if self._rt is None:
+            from shale.runtime import get_runtime
 
-        return get_runtime(self.c.host_config.get("Runtime") or "builtin",
-                           self.root / "runtime")
+            self._rt = get_runtime(self.c.host_config.get("Runtime") or "builtin",
+                                   self.root / "runtime")
+        return self._rt
 
     def _oom_killed(self, rt: Any) -> bool:
         """The kernel's OOM-kill counter of the container's cgroup (read before the
