@@ -15,6 +15,7 @@ import signal
 import struct
 import sys
 import tempfile
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shale.containers import ContainerStore
@@ -79,18 +80,19 @@ def _process(c_spec: dict[str, Any], rootfs: str, opts: ExecOptions) -> dict[str
 
 
 def run_exec(engine: Engine, name: str, opts: ExecOptions) -> int:
-    from shale.runtime.cgroups import MoveWarmer
+    from shale.runtime.cgroups import stop_warming, warm_moves
 
     # the exec'd process is moved into the container's cgroup: let that wait overlap with
-    # the lookups below (see MoveWarmer)
-    warmer = MoveWarmer().start()
+    # the work before it (see cgroups.MoveWarmer; `main` started it already)
+    warm_moves()
     try:
-        return _run_exec(engine, name, opts, warmer)
+        return _run_exec(engine, name, opts, stop_warming)
     finally:
-        warmer.stop()
+        stop_warming()
 
 
-def _run_exec(engine: Engine, name: str, opts: ExecOptions, warmer: Any) -> int:
+def _run_exec(engine: Engine, name: str, opts: ExecOptions,
+              stop_warming: Callable[[], None]) -> int:
     from shale.runtime import ConsoleSocket, ProcessIO, become_subreaper, exit_code, get_runtime
 
     store = ContainerStore(engine)
@@ -109,7 +111,7 @@ def _run_exec(engine: Engine, name: str, opts: ExecOptions, warmer: Any) -> int:
         try:
             with ConsoleSocket(os.path.join(tmp, "c.sock")) as console:
                 pid = rt.exec(c.id, proc, ProcessIO(console_socket=console.path))
-                warmer.stop()
+                stop_warming()
                 master = console.receive()
         finally:
             with contextlib.suppress(OSError):
@@ -127,7 +129,7 @@ def _run_exec(engine: Engine, name: str, opts: ExecOptions, warmer: Any) -> int:
             pid = rt.exec(c.id, proc, io)
         finally:
             os.close(devnull)
-            warmer.stop()
+            stop_warming()
         if opts.detach:
             return 0
     return exit_code(_wait(pid))

@@ -46,6 +46,9 @@ class UsageError(InvalidArgument):
     """A bad flag or argument count: exit 125 for every verb, as docker's CLI."""
 
 
+# verbs that move a process into a cgroup (a container's init, an exec'd process)
+_MOVES_CGROUPS = {"run", "start", "exec", "restart"}
+
 # verbs whose engine errors exit 125 (docker run/create); other verbs exit 1 on failure,
 # as docker's CLI does for any error the daemon returns
 _ENGINE_125 = {"run", "create"}
@@ -121,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     verb: str | None = None
     try:
         verb = _find_verb(args_list)
+        if verb in _MOVES_CGROUPS:
+            from shale.runtime.cgroups import warm_moves
+
+            warm_moves()  # from the very start: see cgroups.warm_moves
         parser = build_parser(verb if verb in VERB_MODULES else None)
         if verb is None:
             parser.print_help()
@@ -161,6 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if engine is not None:
             engine.close()
+        if "shale.runtime.cgroups" in sys.modules:
+            from shale.runtime.cgroups import stop_warming
+
+            stop_warming()
 
 
 def entry() -> None:

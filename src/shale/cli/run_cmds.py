@@ -303,26 +303,18 @@ def _start_attached(engine: Engine, c: Container, stdin: bool, sig_proxy: bool,
     return int(result.get("ExitCode", 125))
 
 
-_warmer: Any = None  # the running cgroups.MoveWarmer of this command, if any
-
-
 def _begin_warming() -> None:
-    """Start keeping cgroup moves cheap (see ``cgroups.MoveWarmer``) until
-    ``_end_warming``. Early: the first write pays the RCU grace period and holds the
-    kernel's cgroup mutex meanwhile, which would stall the monitor's cgroup mkdirs if it
-    came later; `run` starts it before `create`."""
-    global _warmer
-    if _warmer is None:
-        from shale.runtime.cgroups import MoveWarmer
+    """Keep cgroup moves cheap (``cgroups.MoveWarmer``) until ``_end_warming``: `main`
+    started it already for this verb; early, see ``cgroups.warm_moves``."""
+    from shale.runtime.cgroups import warm_moves
 
-        _warmer = MoveWarmer().start()
+    warm_moves()
 
 
 def _end_warming() -> None:
-    global _warmer
-    if _warmer is not None:
-        _warmer.stop()
-        _warmer = None
+    from shale.runtime.cgroups import stop_warming
+
+    stop_warming()
 
 
 @contextlib.contextmanager

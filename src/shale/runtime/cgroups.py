@@ -570,6 +570,26 @@ class MoveWarmer:
             os.close(fd)
 
 
+_warmer: MoveWarmer | None = None
+
+
+def warm_moves() -> None:
+    """Start this process's ``MoveWarmer`` unless it runs already. As early as possible:
+    its first write waits out the grace period holding the kernel's cgroup mutex, which
+    stalls cgroup mkdirs and moves that come meanwhile (`run` and `exec` start it as soon
+    as they know their verb)."""
+    global _warmer
+    if _warmer is None:
+        _warmer = MoveWarmer().start()
+
+
+def stop_warming() -> None:
+    global _warmer
+    if _warmer is not None:
+        _warmer.stop()
+        _warmer = None
+
+
 def _own_procs_file() -> str | None:
     """``cgroup.procs`` of the cgroup the caller is in, on one hierarchy it can see (the v2
     one if mounted: the lock is shared by all)."""
