@@ -121,7 +121,7 @@ def test_run_path_imports_no_dataclasses() -> None:
             "shale.snapshots.overlay, shale.volumes, shale.limits\n"
             "print(' '.join(sorted(m for m in sys.modules if m in "
             "('dataclasses', 'inspect', 'fractions', 'decimal', 'hashlib', 'secrets', "
-            "'subprocess'))))\n")
+            "'subprocess', 'socket', 'selectors'))))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == [], out

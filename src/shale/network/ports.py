@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shale.errors import InvalidArgument, NotFound, ShaleError
 from shale.record import record
+
+if TYPE_CHECKING:
+    import socket
 
 PROTOS = ("tcp", "udp", "sctp")
 
@@ -185,6 +187,8 @@ def _bind(key: str, ip: str, spec: str, endpoint: str) -> Bound:
 
 
 def _socket(ip: str, proto: str) -> socket.socket:
+    import socket  # only with ports to publish: not on every `run`
+
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     sock = socket.socket(family, kind)

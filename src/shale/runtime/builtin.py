@@ -28,7 +28,6 @@ import re
 import select
 import shutil
 import signal
-import socket
 import struct
 import time
 from collections.abc import Callable
@@ -139,6 +138,8 @@ def _close_fds_except(keep: set[int]) -> None:
 def _connect_console(path: str | None) -> int | None:
     if path is None:
         return None
+    import socket  # here, before any fork: ``_send_pty`` runs where nothing can be imported
+
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
@@ -156,6 +157,8 @@ def _send_pty(console_fd: int, proc: dict[str, Any]) -> str:
     if size:
         fcntl.ioctl(master, linux.TIOCSWINSZ,
                     struct.pack("HHHH", size.get("height", 0), size.get("width", 0), 0, 0))
+    import socket  # loaded already by _connect_console: no file is read after pivot_root
+
     with socket.socket(fileno=console_fd) as sock:
         socket.send_fds(sock, [b"/dev/ptmx"], [master])
     os.close(master)
