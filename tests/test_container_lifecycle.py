@@ -339,3 +339,58 @@ def test_start_failing_after_the_monitor_forked_leaves_nothing(sh1: Shale,
             break
         time.sleep(0.01)
     assert not monitor_alive(cdir / "monitor.lock")
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def test_run_failing_before_start_leaves_no_monitor(sh1: Shale) -> None:
+    """`run` forks the monitor first thing; a run that fails before the container is
+    started (unknown image, bad flag, a name in use, --help) sends it away: no process of
+    this data root is left when the CLI has returned."""
+    sh1.ok("create", "--name", "taken", "bb", "true")
+    for args, code in ((["run", "--rm", "nosuchimage", "true"], 125),
+                       (["run", "--bogus-flag", "bb"], 125),
+                       (["run", "--name", "taken", "bb", "true"], 125),
+                       (["run", "--help"], 0)):
+        res = sh1.proc(*args)
+        assert res.returncode == code, (args, res)
+        assert _processes_mentioning(str(sh1.root)) == [], args
+    assert sh1.mounts() == []
+
+
+def test_start_errors_from_the_monitor_keep_their_type_and_code(sh1: Shale) -> None:
+    """Set-up errors happen in the monitor now; they reach the user as before."""
+    res = sh1("run", "--rm", "-u", "nosuchuser", "bb", "true")
+    assert (res.code, res.err) == (
+        125, "Error: unable to find user nosuchuser: no matching entries in passwd file\n")
+    sh1.ok("create", "--name", "u", "-u", "nosuchuser", "bb", "true")
+    res = sh1("start", "u")
+    assert res.code == 1 and "unable to find user nosuchuser" in res.err, res
+    assert sh1.state("u")["Status"] == "created"
+    assert sh1.ids() == [sh1.inspect("u")["Id"]]  # the --rm one is gone
+    assert sh1.mounts() == []
+
+
+def test_monitor_failure_rebuilds_the_error() -> None:
+    from shale.errors import Conflict, ShaleError
+    from shale.monitor import _failure, _rebuild
+
+    e = _rebuild(_failure(Conflict("busy")))
+    assert type(e) is Conflict and str(e) == "busy" and e.exit_code == 1
+    e = _rebuild(_failure(FileNotFoundError(2, "No such file or directory", "/x")))
+    assert isinstance(e, FileNotFoundError) and str(e) == \
+        "[Errno 2] No such file or directory: '/x'"
+    e = _rebuild(_failure(KeyError("k")))
+    assert type(e) is ShaleError and str(e) == "KeyError: 'k'"

@@ -12,14 +12,11 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shale.containers import Container
 from shale.errors import InvalidArgument
 from shale.fileutil import atomic_write
-
-if TYPE_CHECKING:
-    from shale.engine import Engine
 
 INIT_BINARIES = ("/usr/bin/docker-init", "/usr/sbin/docker-init", "/usr/bin/tini-static",
                  "/usr/bin/tini")
@@ -76,7 +73,7 @@ def _ulimits(c: Container) -> dict[str, tuple[int, int]]:
     return {u["Name"]: (u["Soft"], u["Hard"]) for u in c.host_config.get("Ulimits") or []}
 
 
-def write_bundle(engine: Engine, c: Container) -> None:
+def write_bundle(c: Container) -> None:
     from shale.fsroot import Root
     from shale.network.endpoint import spec_network
     from shale.runtime.spec import SpecOptions, build_spec, container_env

@@ -1,9 +1,10 @@
 """Container operations at engine level: create, start, stop, kill, remove, wait.
 
 ``create`` turns run options and the image config into a docker-shaped record and the
-snapshot chain; ``start`` prepares the bundle (rootfs mount, volumes, config.json, the
-/etc/hosts|hostname|resolv.conf files) and spawns the monitor. The runtime is reached only
-through the monitor, or through ``runtime`` verbs for kill/exec.
+snapshot chain; ``start`` hands the container, its network plan and rootfs mounts (what
+needs the database) to its monitor, which prepares the bundle (rootfs mount, volumes,
+config.json, the /etc/hosts|hostname|resolv.conf files) and starts it. The runtime is
+reached only through the monitor, or through ``runtime`` verbs for kill/exec.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from shale.record import field, record
 
 if TYPE_CHECKING:
     from shale.engine import Engine
+    from shale.monitor import Pending
 
 DEFAULT_STOP_TIMEOUT = 10
 
@@ -259,52 +261,35 @@ def _create_volumes(engine: Engine, c: Container) -> None:
 
 
 # ---- start -----------------------------------------------------------------------------
-def start(engine: Engine, c: Container, attached: bool) -> int:
-    """Prepare the bundle and spawn the monitor; returns the status pipe fd."""
+def start(engine: Engine, c: Container, attached: bool, pending: Pending | None = None
+          ) -> int:
+    """Start ``c``: its monitor (``pending``: one forked earlier by the caller, see
+    ``monitor.Pending``) takes the container's lock, binds the published ports, mounts the
+    rootfs, sets up the network and writes the bundle, then creates and starts it. Returns
+    the status pipe fd once that set-up is done; raises what stopped it."""
     from shale import monitor
-    from shale.containers import take_lock
 
     store = ContainerStore(engine)
-    st = store.state(c)
-    if st.Running or st.Restarting:
-        raise Conflict(f"container {c.id[:12]} is already running")
-    # the monitor lock is held from the mount on (then by the monitor, which inherits it):
-    # a concurrent start, or another command's crash cleanup, never touches this rootfs.
-    # (Waiting: the previous monitor may still be unmounting after the exit it recorded.)
-    lock = take_lock(c, wait=10.0)
+    if pending is None:
+        pending = monitor.take()
     try:
-        with contextlib.suppress(FileNotFoundError):
-            (c.dir / "stop-requested").unlink()
+        st = store.state(c)
+        if st.Running or st.Restarting:
+            raise Conflict(f"container {c.id[:12]} is already running")
         from shale.network import endpoint as net
 
         plan = net.plan(engine, c)
-        sandbox = os.urandom(32).hex()
-        bound = net.bind_ports(c, plan, sandbox)  # first: a port taken fails, leaving nothing
-        try:
-            # the monitor gets ready (process, runtime code) while the bundle is made here
-            pending = monitor.spawn(engine, c, attached, lock, bound)
-            try:
-                store.unmount_rootfs(c)
-                with engine.lock():
-                    store.mount_rootfs(c)
-                try:
-                    from shale.bundle import write_bundle
-
-                    net.setup(c, plan, bound, sandbox)
-                    write_bundle(engine, c)
-                except BaseException:
-                    net.teardown(c.dir, delete_links=True)
-                    store.unmount_rootfs(c)
-                    raise
-            except BaseException:
-                pending.cancel()
-                raise
-            return pending.go()
-        finally:
-            for b in bound:  # the monitor has its own copies
-                b.sock.close()
-    finally:
-        os.close(lock)
+        with engine.lock():
+            mounts = store.rootfs_mounts(c)
+    except BaseException:
+        pending.cancel()
+        raise
+    # the monitor lock is held from the mount on (by the monitor): a concurrent start,
+    # or another command's crash cleanup, never touches this rootfs
+    pending.go(engine.root, c, attached, c.host_config.get("Runtime") or "builtin",
+               {"plan": plan.to_json(),
+                "mounts": [[m.type, m.source, list(m.options)] for m in mounts]})
+    return pending.prepared()
 
 
 def wait_stopped(engine: Engine, c: Container, timeout: float | None = None) -> State:

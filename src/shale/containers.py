@@ -122,6 +122,15 @@ class Container:
     def init_snapshot(self) -> str:
         return f"init-{self.id}"
 
+    def to_json(self) -> dict[str, Any]:
+        """What a process without the database (the monitor) needs to know it."""
+        return {"id": self.id, "name": self.name, "image": self.image,
+                "created": self.created, "record": self.record, "dir": str(self.dir)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Container:
+        return cls(d["id"], d["name"], d["image"], d["created"], d["record"], Path(d["dir"]))
+
 
 def monitor_alive(lock_path: Path) -> bool:
     """True while some process holds the container's monitor lock."""
@@ -346,10 +355,14 @@ class ContainerStore:
 
         if is_mountpoint(c.rootfs):
             return
+        mount_all(self.rootfs_mounts(c), c.rootfs)
+
+    def rootfs_mounts(self, c: Container) -> builtins.list[Mount]:
+        """What makes the container's rootfs (its writable snapshot on the image)."""
         mounts = self.engine.snapshots.mounts(c.snapshot_key)
         if c.host_config.get("AutoRemove"):
             mounts = [_volatile(m) for m in mounts]
-        mount_all(mounts, c.rootfs)
+        return mounts
 
     def unmount_rootfs(self, c: Container) -> None:
         unmount_rootfs(c)

@@ -1,6 +1,9 @@
 """The per-container monitor process (DESIGN.md section 7).
 
-Forked from the CLI (``spawn``), it detaches (double fork, ``setsid``, inherited fds closed)
+Forked from the CLI (``spawn``; `run`, `start` and `restart` do it first thing, so it loads
+its code while the CLI parses, creates the record and snapshots, and plans the network), it
+detaches (double fork, ``setsid``, inherited fds closed), waits for the container (``go``),
+sets it up (lock, published ports, rootfs, network, ``config.json``: ``Monitor.prepare``)
 and then, for the container's whole life:
 - holds an ``flock`` on ``monitor.lock`` (liveness = a lock test);
 - is the child subreaper, so it waits on the container's init whatever runtime made it;
@@ -21,7 +24,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -30,56 +33,91 @@ from shale.containers import Container, State, read_state, unmount_rootfs, write
 from shale.oci import format_time
 
 if TYPE_CHECKING:
-    import socket
 
-    from shale.engine import Engine
-    from shale.network.ports import Bound
+    pass
 
 
 # ---- spawning ----------------------------------------------------------------------------
 class Pending:
-    """A monitor forked ahead of time (``spawn``): it makes itself ready (its process, its
-    detach, the runtime's code) while the caller finishes the bundle, then waits. ``go``
-    lets it create and start the container and returns the read end of its status pipe;
-    ``cancel`` (or the caller's death) makes it leave without touching anything."""
+    """A monitor forked ahead of time (``spawn``), as early as the caller can: while the
+    caller makes the container record and its snapshots, it detaches and loads everything
+    it will need (runtime, mounts, network, bundle code). ``go`` hands it the container
+    and what only the database knew (network plan, rootfs mounts); it then sets the
+    container up as ``start`` always has: lock, published ports, rootfs, network,
+    ``config.json``. ``prepared`` waits for that and raises what stopped it; ``cancel`` (or
+    the caller's death) sends it away before ``go`` without a trace."""
 
     def __init__(self, status_fd: int, go_fd: int, pid: int) -> None:
         self.status_fd, self.go_fd, self.pid = status_fd, go_fd, pid
 
-    def go(self) -> int:
-        with contextlib.suppress(BrokenPipeError):  # it died: read_status says so
-            os.write(self.go_fd, b"g")
+    def go(self, root: Path, c: Container, attached: bool, runtime: str,
+           job: dict[str, Any]) -> None:
+        """Hand it container ``c`` of data root ``root`` and ``job`` (``plan``, ``mounts``)."""
+        job = {**job, "root": str(root), "container": c.to_json(), "attached": attached,
+               "runtime": runtime}
+        data = b"g" + json.dumps(job).encode()
+        try:
+            while data:
+                data = data[os.write(self.go_fd, data):]
+        except BrokenPipeError:  # it died: ``prepared`` says so
+            pass
         self._close()
-        return self.status_fd
+
+    def prepared(self) -> int:
+        """Wait until the container is set up; the status fd (for ``read_status``)."""
+        try:
+            head = os.read(self.status_fd, 1)
+            if head == b"P":
+                return self.status_fd
+            rest = b""
+            while chunk := os.read(self.status_fd, 65536):
+                rest += chunk
+        except BaseException:
+            os.close(self.status_fd)
+            raise
+        os.close(self.status_fd)
+        if head != b"F":
+            from shale.errors import ShaleError
+
+            raise ShaleError("the container monitor died before starting the container")
+        raise _rebuild(json.loads(rest))
 
     def cancel(self) -> None:
-        """Send it away and wait until it is gone: its lock is free when this returns."""
+        """Send it away (before ``go``) and wait until it is gone."""
         self._close()
         try:
-            while os.read(self.status_fd, 4096):  # EOF: it let go of the lock and left
+            while os.read(self.status_fd, 4096):  # EOF: it left
                 pass
         finally:
             os.close(self.status_fd)
 
     def _close(self) -> None:
-        os.close(self.go_fd)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)  # the first child: gone once it forked the monitor
+        if self.go_fd >= 0:
+            os.close(self.go_fd)
+            self.go_fd = -1
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)  # the first child: gone once it forked the monitor
 
 
-def spawn(engine: Engine, c: Container, attached: bool, lock: int,
-          bound: Sequence[Bound] = ()) -> Pending:
-    """Fork the monitor; it waits for ``Pending.go``. The status pipe then carries ``L``
-    once the attach socket listens (attached mode) and then ``S`` (started) or
-    ``E<code> <message>`` (failed), then closes. ``lock`` is the container's monitor lock,
-    taken by the caller: the monitor holds it (the same open file) for its whole life.
-    ``bound``: published host sockets (bound by the caller); the monitor relays them to
-    the container's address (from ``network.json``, written before ``go``) while it runs."""
+def spawn() -> Pending:
+    """Fork the monitor of a container to come (``Pending``); `run` does it first thing, so
+    that it shares little with the CLI (what either writes after a fork is copied page by
+    page). The status pipe carries ``P``
+    once the container is set up (or ``F`` + the error, then closes), ``L`` once the
+    attach socket listens (attached mode) and then ``S`` (started) or ``E<code> <message>``
+    (failed), then closes. The monitor takes the container's monitor lock before it
+    touches the rootfs and holds it for its whole life."""
+    import gc
+
     rd, wr = os.pipe()
     go_rd, go_wr = os.pipe()
-    # The monitor never touches SQLite: it inherits the record through fork and keeps
-    # state in files. (SQLite's locks are per process; a forked child must not use, or
-    # even close, the parent's connections: it leaves through os._exit.)
+    # What is alive now is kept out of the garbage collector's walks (gc.freeze), in both
+    # processes: a walk writes to every object it visits, and after a fork every page
+    # written is a copy (~3 ms of the CLI's time when `run` forks it first thing).
+    gc.freeze()
+    # The monitor never touches SQLite: it is told the record and keeps state in files.
+    # (SQLite's locks are per process; a forked child must not use, or even close, the
+    # parent's connections: it leaves through os._exit.)
     pid = os.fork()
     if pid == 0:  # first child: detach and fork the monitor, then leave
         try:
@@ -87,13 +125,65 @@ def spawn(engine: Engine, c: Container, attached: bool, lock: int,
             os.close(go_wr)
             os.setsid()
             if os.fork() == 0:
-                _monitor_main(engine.root, c, wr, go_rd, attached, lock, bound)
+                _monitor_main(wr, go_rd)
             os._exit(0)
         except BaseException:
             os._exit(1)
     os.close(wr)
     os.close(go_rd)
     return Pending(rd, go_wr, pid)
+
+
+_early: Pending | None = None
+
+
+def spawn_early() -> None:
+    """``spawn`` now, for the next ``take``: `main` does it as soon as it knows the verb
+    starts a container (the smaller the CLI at that moment, the less a fork costs it)."""
+    global _early
+    if _early is None:
+        _early = spawn()
+
+
+def take() -> Pending:
+    """The monitor spawned early, or a new one."""
+    global _early
+    pending, _early = _early, None
+    return pending if pending is not None else spawn()
+
+
+def cancel_early() -> None:
+    """An early monitor nobody took (the command failed, or had nothing to start)."""
+    global _early
+    pending, _early = _early, None
+    if pending is not None:
+        pending.cancel()
+
+
+def _failure(e: BaseException) -> dict[str, Any]:
+    """An error of the set-up, for ``_rebuild`` on the caller's side."""
+    from shale.errors import ShaleError
+
+    if isinstance(e, OSError) and e.errno is not None:
+        return {"errno": e.errno, "strerror": e.strerror, "filename": e.filename}
+    if isinstance(e, ShaleError):
+        return {"type": type(e).__name__, "msg": e.message, "code": e.exit_code}
+    return {"type": type(e).__name__, "msg": str(e), "other": True}
+
+
+def _rebuild(err: dict[str, Any]) -> Exception:
+    """The set-up's error as ``start`` raised it when it made the bundle itself."""
+    from shale import errors
+
+    if "errno" in err:
+        args = [err["errno"], err["strerror"]] + ([err["filename"]] if err["filename"] else [])
+        return OSError(*args)
+    cls = getattr(errors, str(err.get("type")), None)
+    if not err.get("other") and isinstance(cls, type) and issubclass(cls, errors.ShaleError):
+        e = cls(str(err["msg"]))
+        e.exit_code = int(err["code"])
+        return e
+    return errors.ShaleError(f"{err.get('type')}: {err.get('msg')}")
 
 
 def read_status(fd: int) -> tuple[str, int, str]:
@@ -113,24 +203,42 @@ def read_status(fd: int) -> tuple[str, int, str]:
 
 # ---- the monitor -------------------------------------------------------------------------
 class _Cancelled(Exception):
-    """The caller gave up before ``go``: leave without a trace."""
+    """The caller gave up before ``go``, or the set-up failed and was reported: leave."""
 
 
-def _monitor_main(root: Path, c: Container, status_fd: int, go_fd: int, attached: bool,
-                  lock: int, bound: Sequence[Bound]) -> None:
+def _monitor_main(status_fd: int, go_fd: int) -> None:
     code = 0
+    m: Monitor | None = None
     try:
-        _detach_fds(keep={status_fd, go_fd, lock, *(b.sock.fileno() for b in bound)})
-        Monitor(root, c, status_fd, attached, lock, go_fd=go_fd, bound=bound).run()
+        _detach_fds(keep={status_fd, go_fd})
+        _preload()
+        m = Monitor(status_fd, _await_go(go_fd))
+        m.prepare()
+        m.run()
     except _Cancelled:
-        os.close(lock)  # before the status pipe closes: ``Pending.cancel`` waits for that
+        pass
     except BaseException:
         code = 1
         with contextlib.suppress(Exception):
             import traceback
 
-            (c.dir / "monitor.err").write_text(traceback.format_exc())
+            if m is not None and m._c is not None:
+                (m.c.dir / "monitor.err").write_text(traceback.format_exc())
     os._exit(code)
+
+
+def _await_go(go_fd: int) -> dict[str, Any]:
+    """The caller's job (``Pending.go``); ``_Cancelled`` if it closed the pipe instead."""
+    data = b""
+    try:
+        while chunk := os.read(go_fd, 65536):
+            data += chunk
+    finally:
+        os.close(go_fd)
+    if not data.startswith(b"g"):
+        raise _Cancelled()
+    job: dict[str, Any] = json.loads(data[1:])
+    return job
 
 
 def _detach_fds(keep: set[int]) -> None:
@@ -185,14 +293,14 @@ class _Log:
 
 
 class Monitor:
-    def __init__(self, root: Path, c: Container, status_fd: int, attached: bool,
-                 lock: int, proxies: Sequence[tuple[socket.socket, str, tuple[str, int]]] = (),
-                 *, go_fd: int = -1, bound: Sequence[Bound] = ()) -> None:
-        self.root = root
-        self.lock = lock
-        self.c = c
+    def __init__(self, status_fd: int, job: dict[str, Any]) -> None:
+        self.root = Path(job["root"])
         self.status_fd = status_fd
-        self.attached = attached
+        self.attached = bool(job["attached"])
+        self.runtime_name = str(job["runtime"])
+        self.job = job
+        self._c: Container | None = Container.from_json(job["container"])
+        self.lock = -1
         self.clients: dict[int, tuple[_socket.socket, ap.FrameReader, bool]] = {}
         import selectors
 
@@ -203,36 +311,70 @@ class Monitor:
         self.exit_sent = False
         self.hello = False  # the first client's hello (stdin wanted, tty size) arrived
         self.size = b""  # "rows cols" for a pty that does not exist yet
-        self.go_fd = go_fd
-        self.bound = bound
-        self._rt: Any = None
         self.proxies: list[Any] = []
-        self._add_proxies(proxies)
+        self._rt: Any = None
 
-    def _add_proxies(self, proxies: Sequence[tuple[socket.socket, str, tuple[str, int]]]
-                     ) -> None:
-        if proxies:
+    @property
+    def c(self) -> Container:
+        assert self._c is not None, "no container before prepare"
+        return self._c
+
+    def prepare(self) -> None:
+        """Set the container up as ``container_ops.start`` did: its lock (waiting a moment
+        for a previous monitor finishing up), published ports first (a port taken fails
+        leaving nothing), the rootfs, the network, ``config.json``. ``P`` on the status
+        pipe when done; else everything made is undone, the lock let go, ``F`` + the error
+        sent, and ``_Cancelled`` raised."""
+        from shale.bundle import write_bundle
+        from shale.containers import take_lock
+        from shale.mount import Mount, is_mountpoint, mount_all
+        from shale.network import endpoint as net
+
+        c, job = self.c, self.job
+        plan = net.Plan.from_json(job["plan"])
+        mounts = [Mount(t, src, tuple(opts)) for t, src, opts in job["mounts"]]
+        bound: list[Any] = []
+        try:
+            self.lock = take_lock(c, wait=10.0)
+            with contextlib.suppress(FileNotFoundError):
+                (c.dir / "stop-requested").unlink()
+            sandbox = os.urandom(32).hex()
+            bound = net.bind_ports(c, plan, sandbox)
+            unmount_rootfs(c)
+            with _store_lock(self.root):
+                if not is_mountpoint(c.rootfs):
+                    mount_all(mounts, c.rootfs)
+            try:
+                state = net.setup(c, plan, bound, sandbox)
+                write_bundle(c)
+            except BaseException:
+                net.teardown(c.dir, delete_links=True)
+                unmount_rootfs(c)
+                raise
+        except BaseException as e:
+            self._give_up(bound, b"F" + json.dumps(_failure(e)).encode())
+        if bound:
             from shale.network.proxy import PortProxy
 
-            self.proxies += [PortProxy(self.sel, *p) for p in proxies]
-
-    def _await_go(self) -> None:
-        """Block until the caller's ``go`` (the bundle is complete); ``_Cancelled`` if it
-        closed the pipe without it. Then the published ports' container side is known."""
-        if self.go_fd < 0:
-            return
+            self.proxies = [PortProxy(self.sel, *p) for p in net.proxies(bound, state)]
         try:
-            word = os.read(self.go_fd, 1)
-        finally:
-            os.close(self.go_fd)
-            self.go_fd = -1
-        if word != b"g":
-            raise _Cancelled()
-        if self.bound:
-            from shale.network.endpoint import proxies
-            from shale.network.hosts import read_state as read_network
+            os.write(self.status_fd, b"P")
+        except BrokenPipeError:  # the caller died meanwhile: as if it never started us
+            with contextlib.suppress(Exception):
+                net.teardown(c.dir, delete_links=True)
+                unmount_rootfs(c)
+            self._give_up(bound, b"")
 
-            self._add_proxies(proxies(list(self.bound), read_network(self.c.dir) or {}))
+    def _give_up(self, bound: list[Any], report: bytes) -> None:
+        for b in bound:
+            b.sock.close()
+        if self.lock >= 0:
+            os.close(self.lock)  # before the report: the caller may act on the container
+            self.lock = -1
+        if report:
+            with contextlib.suppress(OSError):
+                os.write(self.status_fd, report)
+        raise _Cancelled()
 
     # ---- lifecycle -----------------------------------------------------------------------
     def run(self) -> None:
@@ -240,13 +382,8 @@ class Monitor:
 
         from shale.runtime.linux import set_child_subreaper
 
-        fcntl.flock(self.lock, fcntl.LOCK_EX)  # held already (inherited from start)
+        fcntl.flock(self.lock, fcntl.LOCK_EX)  # held already (taken by ``prepare``)
         set_child_subreaper()
-        # the runtime's code loads while the caller finishes the bundle (seccomp's too:
-        # the built-in runtime reads the compiled filter through it)
-        self._runtime()
-        import shale.runtime.seccomp  # noqa: F401
-        self._await_go()
         self.log = _Log(self.c.log_path)
         self.listener = self._listen()
         if self.attached:
@@ -331,8 +468,7 @@ class Monitor:
         if self._rt is None:
             from shale.runtime import get_runtime
 
-            self._rt = get_runtime(self.c.host_config.get("Runtime") or "builtin",
-                                   self.root / "runtime")
+            self._rt = get_runtime(self.runtime_name, self.root / "runtime")
         return self._rt
 
     def _oom_killed(self, rt: Any) -> bool:
@@ -567,6 +703,38 @@ class Monitor:
             # an attached CLI removes the container itself (as docker's CLI does); else a
             # fresh process does it: this forked monitor must not open the database
             _spawn_remove(self.root, self.c.id)
+
+
+@contextlib.contextmanager
+def _store_lock(root: Path) -> Iterator[None]:
+    """``Engine.lock()`` (shared): no prune removes a layer while the rootfs is mounted."""
+    import fcntl
+
+    fd = os.open(root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _preload() -> None:
+    """What ``prepare`` and the runtime will use, loaded before ``go`` (in parallel with the
+    caller's work) rather than after it: ~10 ms of imports off `run`'s path."""
+    import shale.bundle
+    import shale.fsroot
+    import shale.network.endpoint
+    import shale.network.netns
+    import shale.network.store
+    import shale.runtime.builtin
+    import shale.runtime.seccomp  # the built-in runtime reads its filter through it
+    import shale.runtime.spec
+    import shale.runtime.users
+    import shale.volumes  # noqa: F401
+    from shale import mount
+
+    mount.libc()
+    import selectors  # noqa: F401
 
 
 def _spawn_remove(root: Path, cid: str) -> None:

@@ -18,12 +18,12 @@ Helpers (all raise ``shale.errors`` types naming the path and the OS error):
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import re
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from shale.errors import (
     InUse,
@@ -121,10 +121,21 @@ _PROPAGATION: dict[str, int] = {
 }
 
 
+if TYPE_CHECKING:
+    import ctypes
+
 # --- libc and syscalls ---------------------------------------------------------------------
+
+_ctypes: Any = None  # the module, once loaded: ~2 ms, so not at import (the record types
+# of this module are on every command's path, its syscalls are not)
+
 
 @cache
 def _libc() -> ctypes.CDLL:
+    global _ctypes
+    import ctypes
+
+    _ctypes = ctypes
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
                            ctypes.c_ulong, ctypes.c_char_p]
@@ -139,9 +150,14 @@ def _b(s: str | None) -> bytes | None:
     return None if s is None else os.fsencode(s)
 
 
+def libc() -> ctypes.CDLL:
+    """libc through ctypes (loaded on first use)."""
+    return _libc()
+
+
 def _check(ret: int) -> int:
     if ret < 0:
-        err = ctypes.get_errno()
+        err = _ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return ret
 
@@ -156,11 +172,12 @@ def _sys_umount2(target: str, flags: int) -> None:
 
 
 def _syscall(number: int, *args: int | bytes | None) -> int:
+    lib, ctypes = _libc(), _ctypes
     cargs: list[object] = [ctypes.c_long(number)]
     for a in args:
         cargs.append(ctypes.c_char_p(a) if a is None or isinstance(a, bytes)
                      else ctypes.c_long(a))
-    return _check(_libc().syscall(*cargs))
+    return _check(lib.syscall(*cargs))
 
 
 def _fsopen(fstype: str) -> int:

@@ -17,6 +17,7 @@ from shale.errors import InvalidArgument, ShaleError
 if TYPE_CHECKING:
     from shale.containers import Container
     from shale.engine import Engine
+    from shale.monitor import Pending
 
 
 def _bool_flag(p: argparse.ArgumentParser, *names: str, default: bool) -> None:
@@ -249,12 +250,18 @@ def cmd_run(engine: Engine, ns: argparse.Namespace) -> int:
 
 
 def _run(engine: Engine, ns: argparse.Namespace) -> int:
-    from shale.monitor import read_status
+    from shale.monitor import read_status, take
 
-    c = _create(engine, ns)
+    # the monitor was forked first thing (cli.main): it loads what it needs meanwhile
+    pending = take()
+    try:
+        c = _create(engine, ns)
+    except BaseException:
+        pending.cancel()
+        raise
     if ns.detach:
         with _warm_moves():
-            status = _start(engine, c, attached=False)
+            status = _start(engine, c, attached=False, pending=pending)
             _print_warnings(c)
             kind, code, msg = read_status(status)
             os.close(status)
@@ -263,11 +270,12 @@ def _run(engine: Engine, ns: argparse.Namespace) -> int:
             return code
         print(c.id)
         return 0
-    return _start_attached(engine, c, stdin=ns.interactive, sig_proxy=ns.sig_proxy)
+    return _start_attached(engine, c, stdin=ns.interactive, sig_proxy=ns.sig_proxy,
+                           pending=pending)
 
 
 def _start_attached(engine: Engine, c: Container, stdin: bool, sig_proxy: bool,
-                    start_error: int | None = None) -> int:
+                    start_error: int | None = None, pending: Pending | None = None) -> int:
     """Start ``c`` attached; its exit code, or the start error's (``start_error`` instead
     when given: docker's ``start -a`` exits 1 where ``run`` exits 125/126/127)."""
     from shale import attach
@@ -275,7 +283,8 @@ def _start_attached(engine: Engine, c: Container, stdin: bool, sig_proxy: bool,
 
     sock = None
     with _warm_moves():
-        status = _start(engine, c, attached=True, for_run=start_error is None)
+        status = _start(engine, c, attached=True, for_run=start_error is None,
+                        pending=pending)
         _print_warnings(c)
         try:
             kind, code, msg = read_status(status)
@@ -328,13 +337,14 @@ def _warm_moves() -> Iterator[None]:
         _end_warming()
 
 
-def _start(engine: Engine, c: Container, attached: bool, for_run: bool = True) -> int:
+def _start(engine: Engine, c: Container, attached: bool, for_run: bool = True,
+           pending: Pending | None = None) -> int:
     """``start``; a ``--rm`` container that cannot start is removed, and ``run`` exits 125
     on any engine error there (docker's CLI), as on one of ``create``."""
     from shale.container_ops import start
 
     try:
-        return start(engine, c, attached=attached)
+        return start(engine, c, attached=attached, pending=pending)
     except ShaleError as e:
         _auto_remove(engine, c)
         if for_run:

@@ -56,6 +56,27 @@ class Plan:
     def bridged(self) -> bool:
         return self.mode in ("bridge", "user")
 
+    def to_json(self) -> dict[str, Any]:
+        """For the monitor, which sets the network up without the database."""
+        return {"mode": self.mode,
+                "networks": [[n.id, n.name, n.driver, n.created, n.record, aliases]
+                             for n, aliases in self.networks],
+                "shared": self.shared.to_json() if self.shared is not None else None,
+                "shared_state": self.shared_state, "publish": self.publish,
+                "exposed": self.exposed}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Plan:
+        from shale.containers import Container
+        from shale.network.store import Network
+
+        return cls(d["mode"],
+                   [(Network(i, name, driver, created, record), list(aliases))
+                    for i, name, driver, created, record, aliases in d["networks"]],
+                   Container.from_json(d["shared"]) if d["shared"] is not None else None,
+                   d["shared_state"], [(k, ip, port) for k, ip, port in d["publish"]],
+                   list(d["exposed"]))
+
 
 def veth_name(cid: str, index: int) -> str:
     return f"shv{cid[:10]}{index}"  # <= 15 bytes; the crash sweep finds them by prefix
