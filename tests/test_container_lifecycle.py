@@ -355,6 +355,21 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
+def _processes_holding(prefix: str) -> list[int]:
+    """Processes with an open file below ``prefix`` (a monitor holds its lock there)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        if any(link.startswith(prefix) for link in links):
+            found.append(int(pid))
+    return found
+
+
 def test_run_failing_before_start_leaves_no_monitor(sh1: Shale) -> None:
     """`run` forks the monitor first thing; a run that fails before the container is
     started (unknown image, bad flag, a name in use, --help) sends it away: no process of
@@ -394,3 +409,29 @@ def test_monitor_failure_rebuilds_the_error() -> None:
         "[Errno 2] No such file or directory: '/x'"
     e = _rebuild(_failure(KeyError("k")))
     assert type(e) is ShaleError and str(e) == "KeyError: 'k'"
+
+
+def test_create_failing_after_the_network_was_set_up_leaves_nothing(
+        sh1: Shale, monkeypatch: object) -> None:
+    """`run` hands the container to its monitor as soon as the record exists, which sets
+    the network up (and binds published ports) while the snapshots are made: when those
+    fail, the monitor takes all of it back before the container record goes."""
+    import pytest
+
+    from shale.containers import ContainerStore
+    from shale.errors import ShaleError
+    from shale.network.ipam import NET_DIR
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+
+    def broken(*_: object) -> None:
+        raise ShaleError("snapshots made to fail")
+
+    monkeypatch.setattr(ContainerStore, "prepare_snapshots", broken)
+    held_before = sorted(p.name for p in NET_DIR.glob("*/ips/*"))
+    res = sh1("run", "--rm", "-p", "127.0.0.1::80", "bb", "true")
+    assert res.code == 125 and "snapshots made to fail" in res.err, res
+    assert sh1.ids() == [] and sh1.mounts() == []
+    assert _processes_holding(str(sh1.root)) == []
+    assert sorted(p.name for p in NET_DIR.glob("*/ips/*")) == held_before
+    assert list((sh1.root / "containers").iterdir()) == []

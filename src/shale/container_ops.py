@@ -120,9 +120,12 @@ def _mounts_from_flags(engine: Engine, opts: RunOptions, image_volumes: dict[str
     return mounts
 
 
-def create(engine: Engine, opts: RunOptions, warnings: list[str] | None = None) -> Container:
+def create(engine: Engine, opts: RunOptions, warnings: list[str] | None = None,
+           pending: Pending | None = None) -> Container:
     """``warnings`` receives what docker's create returns as warnings (limits this host
-    cannot apply, which are then left out)."""
+    cannot apply, which are then left out). ``pending``: the monitor of a `run`, handed
+    the container as soon as its record exists (``monitor.Pending.begin``: it sets up
+    the network while the snapshots are made here); cancelled if the create fails."""
     from shale.containers import ContainerStore
 
     img = engine.image(opts.image)
@@ -191,6 +194,11 @@ def create(engine: Engine, opts: RunOptions, warnings: list[str] | None = None) 
         config["Hostname"] = cid[:12] if opts.network != "host" else os.uname().nodename
     c = store.create(record, opts.name, cid)
     try:
+        if pending is not None:
+            from shale.network import endpoint
+
+            pending.begin(engine.root, c, opts.attach_stdio, opts.runtime,
+                          endpoint.plan(engine, c).to_json())
         # a bind of a host file gets a file stub (a directory would refuse the mount)
         stubs = [(m["Destination"], not (m["Type"] == "bind" and os.path.exists(m["Source"])
                                          and not os.path.isdir(m["Source"])))
@@ -199,6 +207,8 @@ def create(engine: Engine, opts: RunOptions, warnings: list[str] | None = None) 
             store.prepare_snapshots(c, chain, stubs)
         _create_volumes(engine, c)
     except BaseException:
+        if pending is not None:
+            pending.cancel()  # it undoes what it made and lets go of the lock first
         with contextlib.suppress(Exception):
             remove_container(engine, c, force=True, volumes=True)
         raise
@@ -273,22 +283,22 @@ def start(engine: Engine, c: Container, attached: bool, pending: Pending | None 
     if pending is None:
         pending = monitor.take()
     try:
-        st = store.state(c)
-        if st.Running or st.Restarting:
-            raise Conflict(f"container {c.id[:12]} is already running")
-        from shale.network import endpoint as net
+        if not pending.begun:  # (`run` began it in ``create``)
+            st = store.state(c)
+            if st.Running or st.Restarting:
+                raise Conflict(f"container {c.id[:12]} is already running")
+            from shale.network import endpoint as net
 
-        plan = net.plan(engine, c)
+            pending.begin(engine.root, c, attached, c.host_config.get("Runtime") or "builtin",
+                          net.plan(engine, c).to_json())
         with engine.lock():
             mounts = store.rootfs_mounts(c)
     except BaseException:
         pending.cancel()
         raise
-    # the monitor lock is held from the mount on (by the monitor): a concurrent start,
-    # or another command's crash cleanup, never touches this rootfs
-    pending.go(engine.root, c, attached, c.host_config.get("Runtime") or "builtin",
-               {"plan": plan.to_json(),
-                "mounts": [[m.type, m.source, list(m.options)] for m in mounts]})
+    # the monitor lock is held from before the network and the mount on (by the
+    # monitor): a concurrent start, or another command's crash cleanup, never touches them
+    pending.finish(c, mounts)
     return pending.prepared()
 
 

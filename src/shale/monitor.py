@@ -33,8 +33,7 @@ from shale.containers import Container, State, read_state, unmount_rootfs, write
 from shale.oci import format_time
 
 if TYPE_CHECKING:
-
-    pass
+    from shale.mount import Mount
 
 
 # ---- spawning ----------------------------------------------------------------------------
@@ -49,19 +48,31 @@ class Pending:
 
     def __init__(self, status_fd: int, go_fd: int, pid: int) -> None:
         self.status_fd, self.go_fd, self.pid = status_fd, go_fd, pid
+        self.begun = False
 
-    def go(self, root: Path, c: Container, attached: bool, runtime: str,
-           job: dict[str, Any]) -> None:
-        """Hand it container ``c`` of data root ``root`` and ``job`` (``plan``, ``mounts``)."""
-        job = {**job, "root": str(root), "container": c.to_json(), "attached": attached,
-               "runtime": runtime}
-        data = b"g" + json.dumps(job).encode()
+    def begin(self, root: Path, c: Container, attached: bool, runtime: str,
+              plan: dict[str, Any]) -> None:
+        """First part of the job, as soon as the record exists: container ``c`` of data
+        root ``root`` and its network ``plan``. The monitor takes the lock, binds the
+        published ports and sets up the network while the caller makes the snapshots."""
+        self._send({"root": str(root), "container": c.to_json(), "attached": attached,
+                    "runtime": runtime, "plan": plan})
+        self.begun = True
+
+    def finish(self, c: Container, mounts: list[Mount]) -> None:
+        """Second part: the record as it ended up (volumes), the rootfs mounts."""
+        self._send({"container": c.to_json(),
+                    "mounts": [[m.type, m.source, list(m.options)] for m in mounts]})
+        self._close()
+
+    def _send(self, part: dict[str, Any]) -> None:
+        data = json.dumps(part).encode()
+        data = len(data).to_bytes(4, "big") + data
         try:
             while data:
                 data = data[os.write(self.go_fd, data):]
-        except BrokenPipeError:  # it died: ``prepared`` says so
+        except BrokenPipeError:  # it gave up (an error it reports) or died: ``prepared``
             pass
-        self._close()
 
     def prepared(self) -> int:
         """Wait until the container is set up; the status fd (for ``read_status``)."""
@@ -73,9 +84,9 @@ class Pending:
             while chunk := os.read(self.status_fd, 65536):
                 rest += chunk
         except BaseException:
-            os.close(self.status_fd)
+            self._close_status()
             raise
-        os.close(self.status_fd)
+        self._close_status()
         if head != b"F":
             from shale.errors import ShaleError
 
@@ -83,13 +94,21 @@ class Pending:
         raise _rebuild(json.loads(rest))
 
     def cancel(self) -> None:
-        """Send it away (before ``go``) and wait until it is gone."""
+        """Send it away (before ``finish``; it undoes what it made) and wait until it is
+        gone: its lock is free then."""
         self._close()
+        if self.status_fd < 0:
+            return
         try:
             while os.read(self.status_fd, 4096):  # EOF: it left
                 pass
         finally:
+            self._close_status()
+
+    def _close_status(self) -> None:
+        if self.status_fd >= 0:
             os.close(self.status_fd)
+            self.status_fd = -1
 
     def _close(self) -> None:
         if self.go_fd >= 0:
@@ -212,8 +231,8 @@ def _monitor_main(status_fd: int, go_fd: int) -> None:
     try:
         _detach_fds(keep={status_fd, go_fd})
         _preload()
-        m = Monitor(status_fd, _await_go(go_fd))
-        m.prepare()
+        m = Monitor(status_fd, _receive(go_fd))
+        m.prepare(go_fd)
         m.run()
     except _Cancelled:
         pass
@@ -227,18 +246,25 @@ def _monitor_main(status_fd: int, go_fd: int) -> None:
     os._exit(code)
 
 
-def _await_go(go_fd: int) -> dict[str, Any]:
-    """The caller's job (``Pending.go``); ``_Cancelled`` if it closed the pipe instead."""
-    data = b""
-    try:
-        while chunk := os.read(go_fd, 65536):
-            data += chunk
-    finally:
-        os.close(go_fd)
-    if not data.startswith(b"g"):
+def _receive(go_fd: int) -> dict[str, Any]:
+    """The next part of the job (``Pending.begin``, ``finish``); ``_Cancelled`` when the
+    caller closed the pipe instead."""
+    head = _read_exactly(go_fd, 4)
+    if len(head) < 4:
         raise _Cancelled()
-    job: dict[str, Any] = json.loads(data[1:])
-    return job
+    data = _read_exactly(go_fd, int.from_bytes(head, "big"))
+    part: dict[str, Any] = json.loads(data)
+    return part
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def _detach_fds(keep: set[int]) -> None:
@@ -319,40 +345,50 @@ class Monitor:
         assert self._c is not None, "no container before prepare"
         return self._c
 
-    def prepare(self) -> None:
+    def prepare(self, go_fd: int) -> None:
         """Set the container up as ``container_ops.start`` did: its lock (waiting a moment
         for a previous monitor finishing up), published ports first (a port taken fails
-        leaving nothing), the rootfs, the network, ``config.json``. ``P`` on the status
-        pipe when done; else everything made is undone, the lock let go, ``F`` + the error
-        sent, and ``_Cancelled`` raised."""
+        leaving nothing), the network, then (second part of the job) the rootfs and
+        ``config.json``. ``P`` on the status pipe when done; else everything made is
+        undone, the lock let go, ``F`` + the error sent (unless the caller gave up), and
+        ``_Cancelled`` raised."""
         from shale.bundle import write_bundle
         from shale.containers import take_lock
         from shale.mount import Mount, is_mountpoint, mount_all
         from shale.network import endpoint as net
 
-        c, job = self.c, self.job
-        plan = net.Plan.from_json(job["plan"])
-        mounts = [Mount(t, src, tuple(opts)) for t, src, opts in job["mounts"]]
+        c = self.c
+        plan = net.Plan.from_json(self.job["plan"])
         bound: list[Any] = []
+        networked = mounted = False
         try:
-            self.lock = take_lock(c, wait=10.0)
-            with contextlib.suppress(FileNotFoundError):
-                (c.dir / "stop-requested").unlink()
-            sandbox = os.urandom(32).hex()
-            bound = net.bind_ports(c, plan, sandbox)
+            try:
+                self.lock = take_lock(c, wait=10.0)
+                with contextlib.suppress(FileNotFoundError):
+                    (c.dir / "stop-requested").unlink()
+                sandbox = os.urandom(32).hex()
+                bound = net.bind_ports(c, plan, sandbox)
+                networked = True
+                state = net.setup(c, plan, bound, sandbox)
+                part = _receive(go_fd)  # meanwhile, the caller made the snapshots
+            finally:
+                os.close(go_fd)
+            c = self._c = Container.from_json(part["container"])
+            mounts = [Mount(t, src, tuple(opts)) for t, src, opts in part["mounts"]]
             unmount_rootfs(c)
+            mounted = True
             with _store_lock(self.root):
                 if not is_mountpoint(c.rootfs):
                     mount_all(mounts, c.rootfs)
-            try:
-                state = net.setup(c, plan, bound, sandbox)
-                write_bundle(c)
-            except BaseException:
-                net.teardown(c.dir, delete_links=True)
-                unmount_rootfs(c)
-                raise
+            write_bundle(c)
         except BaseException as e:
-            self._give_up(bound, b"F" + json.dumps(_failure(e)).encode())
+            with contextlib.suppress(Exception):
+                if networked:
+                    net.teardown(c.dir, delete_links=True)
+                if mounted:
+                    unmount_rootfs(c)
+            self._give_up(bound, b"" if isinstance(e, _Cancelled)
+                          else b"F" + json.dumps(_failure(e)).encode())
         if bound:
             from shale.network.proxy import PortProxy
 

@@ -18,18 +18,20 @@ from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
 from shale import oci
-from shale.compression import decompressed
 from shale.content import ContentStore
 from shale.digest import Digest, Hasher, chain_ids
 from shale.errors import AlreadyExists, NotFound
 from shale.images import LayerRecord
 from shale.snapshots import Kind, Snapshotter
-from shale.tarscan import scan_copy
 
 
 def store_layer(content: ContentStore, src: BinaryIO, *, expected: Digest | None = None,
                 what: str = "layer") -> LayerRecord:
     """Store the layer in ``src`` uncompressed; verify it against ``expected`` (a diff_id)."""
+    # imported here: `run` of an unpacked image needs neither (~1 ms)
+    from shale.compression import decompressed
+    from shale.tarscan import scan_copy
+
     _, stream = decompressed(src)
     if expected is not None and content.exists(expected):
         # already stored: only verify what the archive says, write nothing
@@ -58,6 +60,8 @@ def open_layer_tar(content: ContentStore, layer: LayerRecord) -> BinaryIO:
     f = content.open(layer.blob)
     if layer.blob == layer.diff_id:
         return f
+    from shale.compression import decompressed
+
     try:
         _, stream = decompressed(f)
     except BaseException:

@@ -219,12 +219,13 @@ def _options(ns: argparse.Namespace) -> Any:
         attach_stdio=not getattr(ns, "detach", False), **_limits(ns))
 
 
-def _create(engine: Engine, ns: argparse.Namespace) -> Container:
+def _create(engine: Engine, ns: argparse.Namespace, pending: Pending | None = None
+            ) -> Container:
     from shale.container_ops import create
 
     warnings: list[str] = []
     try:
-        c = create(engine, _options(ns), warnings)
+        c = create(engine, _options(ns), warnings, pending)
     except ShaleError as e:
         e.exit_code = 125  # docker: any engine error of run/create (a name conflict too)
         raise
@@ -255,7 +256,7 @@ def _run(engine: Engine, ns: argparse.Namespace) -> int:
     # the monitor was forked first thing (cli.main): it loads what it needs meanwhile
     pending = take()
     try:
-        c = _create(engine, ns)
+        c = _create(engine, ns, pending)
     except BaseException:
         pending.cancel()
         raise

@@ -16,14 +16,15 @@ import contextlib
 import ipaddress
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shale.errors import ShaleError
 from shale.fileutil import atomic_write
-from shale.network import iptables
 from shale.network.ipam import NET_DIR, bridge_dir, bridge_lock, bridges, locked
-from shale.network.netlink import Netlink
 from shale.record import asdict, record
+
+if TYPE_CHECKING:  # both only when a bridge is made or removed: not on every `run`
+    from shale.network.netlink import Netlink
 
 DEFAULT_BRIDGE = "shale0"
 POOLS = [f"172.{n}.0.0/16" for n in range(18, 32)] + \
@@ -129,6 +130,8 @@ def _make(nl: Netlink, name: str, cfg: BridgeConfig | None) -> tuple[BridgeConfi
         except FileExistsError:
             pass
     _enable_forwarding()
+    from shale.network import iptables
+
     iptables.ensure_bridge(name, cfg.subnet, cfg.icc, cfg.internal)
     (bridge_dir(name) / "rules").write_text(_marker(cfg, index))
     return cfg, index
@@ -159,6 +162,8 @@ def _enable_forwarding() -> None:
 def remove(nl: Netlink, name: str) -> None:
     """Delete a user network's bridge, its rules and its state directory."""
     import shutil
+
+    from shale.network import iptables
 
     with bridge_lock(name):
         nl.delete_link(name)
