@@ -118,10 +118,11 @@ class Pending:
                 os.waitpid(self.pid, 0)  # the first child: gone once it forked the monitor
 
 
-def spawn() -> Pending:
+def spawn(freeze: bool = False) -> Pending:
     """Fork the monitor of a container to come (``Pending``); `run` does it first thing, so
     that it shares little with the CLI (what either writes after a fork is copied page by
-    page). The status pipe carries ``P``
+    page). ``freeze``: keep what is alive now out of the garbage collector's walks from now
+    on (``gc.freeze``), for a short-lived caller (the CLI). The status pipe carries ``P``
     once the container is set up (or ``F`` + the error, then closes), ``L`` once the
     attach socket listens (attached mode) and then ``S`` (started) or ``E<code> <message>``
     (failed), then closes. The monitor takes the container's monitor lock before it
@@ -130,10 +131,10 @@ def spawn() -> Pending:
 
     rd, wr = os.pipe()
     go_rd, go_wr = os.pipe()
-    # What is alive now is kept out of the garbage collector's walks (gc.freeze), in both
-    # processes: a walk writes to every object it visits, and after a fork every page
-    # written is a copy (~3 ms of the CLI's time when `run` forks it first thing).
-    gc.freeze()
+    if freeze:
+        # a walk writes to every object it visits, and after a fork every page written is
+        # a copy: ~3 ms of the CLI's time when `run` forks first thing
+        gc.freeze()
     # The monitor never touches SQLite: it is told the record and keeps state in files.
     # (SQLite's locks are per process; a forked child must not use, or even close, the
     # parent's connections: it leaves through os._exit.)
@@ -157,11 +158,12 @@ _early: Pending | None = None
 
 
 def spawn_early() -> None:
-    """``spawn`` now, for the next ``take``: `main` does it as soon as it knows the verb
-    starts a container (the smaller the CLI at that moment, the less a fork costs it)."""
+    """``spawn`` now, for the next ``take``: the CLI's `main` does it as soon as it knows
+    the verb starts a container (the smaller the CLI at that moment, the less a fork costs
+    it)."""
     global _early
     if _early is None:
-        _early = spawn()
+        _early = spawn(freeze=True)  # the CLI: its objects stay as they are until it exits
 
 
 def take() -> Pending:
