@@ -304,7 +304,8 @@ def test_rm_and_crash_leave_nothing(sh1: Shale) -> None:
     state = json.loads((sh1.root / "containers" / cid / "state.json").read_text())
     os.kill(state["MonitorPid"], 9)
     time.sleep(0.1)
-    assert artifacts(cid)["pins"]  # nobody tore it down
+    # (any shale command sweeps: a background removal left by an earlier test on this root
+    # may already have done it, so only the end state is asserted)
     sh1.ok("ps", "-a")
     assert_gone(cid)
     assert sh1.state(cid)["Status"] == "exited"
