@@ -400,7 +400,8 @@ def test_start_errors_from_the_monitor_keep_their_type_and_code(sh1: Shale) -> N
 
 def test_monitor_failure_rebuilds_the_error() -> None:
     from shale.errors import Conflict, ShaleError
-    from shale.monitor import _failure, _rebuild
+    from shale.monitor_spawn import encode_failure as _failure
+    from shale.monitor_spawn import rebuild_failure as _rebuild
 
     e = _rebuild(_failure(Conflict("busy")))
     assert type(e) is Conflict and str(e) == "busy" and e.exit_code == 1

@@ -24,7 +24,7 @@ from shale.record import field, record
 
 if TYPE_CHECKING:
     from shale.engine import Engine
-    from shale.monitor import Pending
+    from shale.monitor_spawn import Pending
 
 DEFAULT_STOP_TIMEOUT = 10
 
@@ -124,7 +124,7 @@ def create(engine: Engine, opts: RunOptions, warnings: list[str] | None = None,
            pending: Pending | None = None) -> Container:
     """``warnings`` receives what docker's create returns as warnings (limits this host
     cannot apply, which are then left out). ``pending``: the monitor of a `run`, handed
-    the container as soon as its record exists (``monitor.Pending.begin``: it sets up
+    the container as soon as its record exists (``monitor_spawn.Pending.begin``: it sets up
     the network while the snapshots are made here); cancelled if the create fails."""
     from shale.containers import ContainerStore
 
@@ -274,14 +274,14 @@ def _create_volumes(engine: Engine, c: Container) -> None:
 def start(engine: Engine, c: Container, attached: bool, pending: Pending | None = None
           ) -> int:
     """Start ``c``: its monitor (``pending``: one forked earlier by the caller, see
-    ``monitor.Pending``) takes the container's lock, binds the published ports, mounts the
+    ``monitor_spawn.Pending``) takes the container's lock, binds the published ports, mounts the
     rootfs, sets up the network and writes the bundle, then creates and starts it. Returns
     the status pipe fd once that set-up is done; raises what stopped it."""
-    from shale import monitor
+    from shale import monitor_spawn
 
     store = ContainerStore(engine)
     if pending is None:
-        pending = monitor.take()
+        pending = monitor_spawn.take()
     try:
         if not pending.begun:  # (`run` began it in ``create``)
             st = store.state(c)

@@ -164,7 +164,7 @@ def _run_container(engine: Engine, req: RunRequest, volumes: list[str], tmpfs: l
                    ) -> RunResult:
     from shale import attach
     from shale.container_ops import RunOptions, create, start, wait_stopped
-    from shale.monitor import read_status
+    from shale.monitor_spawn import read_status
 
     opts = RunOptions(image=req.parent.id.value, cmd=req.command.argv, entrypoint="",
                       env=req.env, network=req.network or "default",  # docker's: the bridge

@@ -49,7 +49,7 @@ class UsageError(InvalidArgument):
 # verbs that move a process into a cgroup (a container's init, an exec'd process)
 _MOVES_CGROUPS = {"run", "start", "exec", "restart"}
 
-# verbs that start a container: its monitor is forked first thing (monitor.spawn_early)
+# verbs that start a container: its monitor is forked first thing (monitor_spawn.spawn_early)
 _STARTS = {"run", "start", "restart"}
 
 # verbs whose engine errors exit 125 (docker run/create); other verbs exit 1 on failure,
@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             warm_moves()  # from the very start: see cgroups.warm_moves
         if verb in _STARTS:
-            from shale.monitor import spawn_early
+            from shale.monitor_spawn import spawn_early
 
             spawn_early()  # it gets ready while this process parses, creates, plans
         parser = build_parser(verb if verb in VERB_MODULES else None)
@@ -175,8 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if engine is not None:
             engine.close()
-        if "shale.monitor" in sys.modules:
-            from shale.monitor import cancel_early
+        if "shale.monitor_spawn" in sys.modules:
+            from shale.monitor_spawn import cancel_early
 
             cancel_early()
         if "shale.runtime.cgroups" in sys.modules:

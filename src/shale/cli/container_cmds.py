@@ -305,7 +305,7 @@ def cmd_restart(engine: Engine, ns: argparse.Namespace) -> int:
     import os
 
     from shale.container_ops import start, stop
-    from shale.monitor import read_status
+    from shale.monitor_spawn import read_status
 
     def fn(_s: ContainerStore, c: Container) -> None:
         stop(engine, c, ns.time)

@@ -17,7 +17,7 @@ from shale.errors import InvalidArgument, ShaleError
 if TYPE_CHECKING:
     from shale.containers import Container
     from shale.engine import Engine
-    from shale.monitor import Pending
+    from shale.monitor_spawn import Pending
 
 
 def _bool_flag(p: argparse.ArgumentParser, *names: str, default: bool) -> None:
@@ -251,7 +251,7 @@ def cmd_run(engine: Engine, ns: argparse.Namespace) -> int:
 
 
 def _run(engine: Engine, ns: argparse.Namespace) -> int:
-    from shale.monitor import read_status, take
+    from shale.monitor_spawn import read_status, take
 
     # the monitor was forked first thing (cli.main): it loads what it needs meanwhile
     pending = take()
@@ -280,7 +280,7 @@ def _start_attached(engine: Engine, c: Container, stdin: bool, sig_proxy: bool,
     """Start ``c`` attached; its exit code, or the start error's (``start_error`` instead
     when given: docker's ``start -a`` exits 1 where ``run`` exits 125/126/127)."""
     from shale import attach
-    from shale.monitor import read_status
+    from shale.monitor_spawn import read_status
 
     sock = None
     with _warm_moves():
@@ -379,7 +379,7 @@ def _auto_remove(engine: Engine, c: Container) -> None:
 def cmd_start(engine: Engine, ns: argparse.Namespace) -> int:
     from shale.container_ops import start
     from shale.containers import ContainerStore
-    from shale.monitor import read_status
+    from shale.monitor_spawn import read_status
 
     store = ContainerStore(engine)
     if ns.attach and len(ns.containers) > 1:
