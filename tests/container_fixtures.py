@@ -226,3 +226,20 @@ def pty_run(argv: list[str], *, rows: int = 24, cols: int = 80, send: bytes = b"
         os.close(fd)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), out
+
+
+def assert_top_layer_sized(sh: Shale, ref: str) -> None:
+    """The sizes recorded for ``ref``'s top layer while its tar was written agree with a
+    scan of the stored blob, and the blob verifies."""
+    from shale.engine import Engine
+    from shale.tarscan import scan_copy
+
+    eng = Engine(sh.root, sh.driver)
+    try:
+        top = eng.images.layers(eng.images.load(eng.images.resolve(ref)))[-1]
+        with eng.content.open(top.blob) as f:
+            scanned = scan_copy(f, lambda _b: None)
+        assert (top.content_size, top.diff_size) == (scanned.content_size, scanned.tar_size)
+        assert eng.content.verify(top.blob)
+    finally:
+        eng.close()
