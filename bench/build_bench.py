@@ -60,8 +60,8 @@ def run(argv: list[str], env: dict[str, str] | None = None) -> float:
     dt = time.perf_counter() - t0
     if res.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({res.returncode}):\n"
-                         f"{res.stdout.decode(errors='replace')}"
-                         f"{res.stderr.decode(errors='replace')}")
+                         f"{res.stdout.decode(errors='replace')[-3000:]}"
+                         f"{res.stderr.decode(errors='replace')[-3000:]}")
     return dt
 
 

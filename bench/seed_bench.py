@@ -51,6 +51,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from build_bench import run, shale_argv  # bench/ is the script's directory
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CACHE = Path(os.environ.get("SHALEBENCH_CACHE", "/tmp/shalebench-cache"))
@@ -78,15 +80,6 @@ CMD ["/bin/bash"]
 """
 
 
-def shale_argv() -> list[str]:
-    """The installed console script next to this interpreter (a version manager's shim on
-    PATH costs ~0.1 s a call: not shale's time), else PATH's."""
-    beside = Path(sys.executable).with_name("shale")
-    exe = str(beside) if beside.exists() else shutil.which("shale")
-    return [exe] if exe else [sys.executable, "-c", "import sys; from shale.cli import main; "
-                              "sys.exit(main())"]
-
-
 def debian_tar() -> Path:
     out = CACHE / "debian-bookworm-minbase.tar"  # the name bench/run_bench.py caches it as
     if not out.exists():
@@ -97,17 +90,6 @@ def debian_tar() -> Path:
                        stdout=subprocess.DEVNULL)
         tmp.rename(out)
     return out
-
-
-def run(argv: list[str], env: dict[str, str] | None = None) -> float:
-    t0 = time.perf_counter()
-    res = subprocess.run(argv, capture_output=True, env=env, check=False)
-    dt = time.perf_counter() - t0
-    if res.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed ({res.returncode}):\n"
-                         f"{res.stdout.decode(errors='replace')[-3000:]}"
-                         f"{res.stderr.decode(errors='replace')[-3000:]}")
-    return dt
 
 
 def timed_build(argv: list[str], env: dict[str, str] | None, log: Path
