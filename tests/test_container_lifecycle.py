@@ -224,7 +224,16 @@ def test_other_commands_never_unmount_a_starting_container(sh1: Shale) -> None:
 
     from shale.container_ops import cleanup_dead
     from shale.engine import Engine
+    from shale.monitor import _preload
 
+    # The runs fork monitors from this (now two-threaded) process. A fork while the loop
+    # thread is inside an import leaves that module's import lock held for good in the
+    # child, which then hangs importing it: load up front what the loop and the monitor
+    # import (the CLI itself never has a thread that imports while it forks).
+    _preload()
+    warm = Engine(sh1.root, driver=sh1.driver)
+    cleanup_dead(warm)
+    warm.close()
     done = threading.Event()
 
     def loop() -> None:
@@ -239,7 +248,8 @@ def test_other_commands_never_unmount_a_starting_container(sh1: Shale) -> None:
     t.start()
     try:
         for _ in range(10):
-            assert sh1("run", "--rm", "bb", "ls", "/bin/sh").out == "/bin/sh\n"
+            res = sh1("run", "--rm", "bb", "ls", "/bin/sh")
+            assert (res.code, res.out, res.err) == (0, "/bin/sh\n", ""), res.err
     finally:
         done.set()
         t.join()

@@ -21,17 +21,17 @@ import contextlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shale.errors import RegistryError
+from shale.record import record
 
 INDEX_SERVER = "https://index.docker.io/v1/"
 HUB_DOMAINS = ("docker.io", "index.docker.io", "registry-1.docker.io")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Credentials:
     username: str = ""
     password: str = ""

@@ -31,7 +31,6 @@ import os
 import queue
 import threading
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from shale import oci
@@ -39,6 +38,7 @@ from shale.content import Writer
 from shale.digest import Digest, Hasher
 from shale.errors import DataError, DigestMismatch, InvalidArgument, RegistryError, Unsupported
 from shale.images import LayerRecord
+from shale.record import field, record
 from shale.refs import Reference
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class NoEvents:
         pass
 
 
-@dataclass
+@record
 class PullResult:
     ref: Reference
     image_id: Digest
@@ -81,7 +81,7 @@ class PullResult:
     skipped: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Platform:
     os: str
     architecture: str

@@ -23,7 +23,6 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from shale import oci
@@ -31,6 +30,7 @@ from shale.digest import Digest
 from shale.errors import InvalidArgument, NotFound, RegistryError
 from shale.images import Image, LayerRecord
 from shale.pull import Events, NoEvents
+from shale.record import field, record
 from shale.refs import Reference
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ GZIP_LEVEL = 1  # isal levels run 0-3; 1 is ~270 MB/s at a ratio near zlib's lev
 READ = 1 << 20
 
 
-@dataclass
+@record
 class PushResult:
     ref: Reference
     digest: Digest
@@ -52,7 +52,7 @@ class PushResult:
     uploaded: int = 0        # layer blobs sent
 
 
-@dataclass
+@record
 class _Blob:
     layer: LayerRecord
     digest: Digest | None    # None: to be compressed now

@@ -33,7 +33,6 @@ import json
 import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
@@ -41,6 +40,7 @@ from shale import oci
 from shale.auth import HUB_DOMAINS, Credentials
 from shale.digest import Digest
 from shale.errors import DigestMismatch, RegistryError
+from shale.record import field, record
 from shale.registry_http import (
     BlobReader,
     Body,
@@ -99,20 +99,20 @@ def _import_httpx() -> None:
     httpcore._sync.http11.HTTP11Connection.READ_NUM_BYTES = READ_SIZE
 
 
-@dataclass
+@record
 class _Token:
     value: str
     expires: float
 
 
-@dataclass
+@record
 class ManifestResult:
     raw: bytes
     media_type: str
     digest: Digest
 
 
-@dataclass
+@record
 class UploadStats:
     """What a client did, for tests and the bench (no locking needed: ints under the GIL)."""
     requests: dict[str, int] = field(default_factory=dict)

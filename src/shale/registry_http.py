@@ -12,13 +12,13 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from shale.digest import Digest
 from shale.errors import DigestMismatch, RegistryError
+from shale.record import record
 
 if TYPE_CHECKING:
     import httpx
@@ -32,7 +32,7 @@ RESUME_TRIES = 5
 Body = bytes | Callable[[], Iterable[bytes]] | None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Challenge:
     scheme: str                      # "basic" or "bearer"
     params: dict[str, str]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shale import oci
@@ -29,6 +28,7 @@ from shale.build.context import Context
 from shale.dockerfile import Dockerfile, Instruction, Lexer, Stage
 from shale.errors import DockerfileError, InvalidArgument, NotFound, ShaleError
 from shale.images import Image, LayerRecord
+from shale.record import field, record
 
 if TYPE_CHECKING:
     from shale.build.run import Reaper
@@ -63,7 +63,7 @@ class BuildFailed(ShaleError):
         self.output = output
 
 
-@dataclass
+@record
 class BuildOptions:
     tags: list[str] = field(default_factory=list)
     build_args: dict[str, str | None] = field(default_factory=dict)
@@ -78,7 +78,7 @@ class BuildOptions:
     platform: str = ""
 
 
-@dataclass
+@record
 class StageState:
     """One stage being built: its current image and the config being accumulated."""
 

@@ -15,11 +15,11 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from shale.errors import NotFound, ShaleError
 from shale.images import Image
+from shale.record import asdict, field, record
 
 if TYPE_CHECKING:
     from shale.engine import Engine
@@ -28,7 +28,7 @@ _MAX_NAMED = 5
 _KEEP_UNINDEXED = 600.0  # seconds: a concurrent build may not have indexed its key yet
 
 
-@dataclass
+@record
 class StepInputs:
     """What a step's key is made of: ``kind`` (the keyword), ``line`` (the Dockerfile text,
     to pair a step with its earlier run), ``text`` (the step after expansion), ``args``

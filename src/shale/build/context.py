@@ -19,17 +19,17 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from shale.errors import DockerfileError, InvalidArgument
+from shale.record import record
 
 if TYPE_CHECKING:
     from shale.fsroot import Root
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Source:
     """One file or directory to copy. ``rel`` is its path in the source tree ("" = root);
     ``path`` the host path to read (a followed top-level symlink's target); ``name`` the
@@ -45,7 +45,7 @@ class Source:
         return stat.S_ISDIR(self.st.st_mode)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Inline:
     """A heredoc source of COPY/ADD: a file named ``name`` holding ``data``."""
 

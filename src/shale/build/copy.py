@@ -27,7 +27,6 @@ import posixpath
 import re
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -37,6 +36,7 @@ from shale.build.context import Context, Inline, Source
 from shale.build.imaging import resolve_in
 from shale.errors import DockerfileError
 from shale.images import LayerRecord
+from shale.record import field, record
 
 if TYPE_CHECKING:
     import tarfile
@@ -47,7 +47,7 @@ ModeFn = Callable[[int, bool], int]
 """``--chmod``: (current permission bits, is a directory) -> new bits."""
 
 
-@dataclass
+@record
 class CopyPlan:
     cmd: str                          # "copy" or "add"
     ctx: Context                      # where the sources live
@@ -61,7 +61,7 @@ class CopyPlan:
     extract: bool = False             # ADD: unpack local tar archives
 
 
-@dataclass
+@record
 class _Entry:
     kind: bytes
     mode: int

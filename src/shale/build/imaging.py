@@ -12,7 +12,6 @@ import contextlib
 import os
 import posixpath
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -146,7 +145,7 @@ def image_view(engine: Engine, image: Image | None) -> Iterator[Path | None]:
         yield None
         return
     chain = engine.unpack(image)
-    key = f"view-{uuid.uuid4().hex[:16]}"
+    key = f"view-{os.urandom(8).hex()}"
     snap = engine.snapshots
     target = Path(tempfile.mkdtemp(prefix="shale-view-"))
     try:

@@ -23,7 +23,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,13 +30,14 @@ from shale.build.imaging import image_view
 from shale.build.runspec import PIPES, Command, MountSpec
 from shale.errors import DockerfileError
 from shale.images import Image, LayerRecord
+from shale.record import record
 
 if TYPE_CHECKING:
     from shale.build.context import Context
     from shale.engine import Engine
 
 # ---- running -------------------------------------------------------------------------------
-@dataclass
+@record
 class RunRequest:
     parent: Image
     command: Command
@@ -51,7 +51,7 @@ class RunRequest:
     adopt: bool = False          # the container is removed after: reuse its layer dir
 
 
-@dataclass
+@record
 class RunResult:
     code: int
     container: str

@@ -22,10 +22,10 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from shale.dockerfile._go import clean_path, trim_space
 from shale.errors import InvalidArgument
+from shale.record import field, record
 
 __all__ = ["Matcher", "Pattern", "read_dockerignore"]
 
@@ -183,7 +183,7 @@ def _compile(pattern: str) -> tuple[str, re.Pattern[str] | None]:
         return kind, re.compile("".join(out) + "$")
 
 
-@dataclass
+@record
 class Pattern:
     """One cleaned pattern (without its ``!``), compiled on first use."""
 

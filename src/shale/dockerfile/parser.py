@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from shale.dockerfile._go import quote
 from shale.dockerfile.health import HEALTHCHECK_FLAGS, healthcheck_config
 from shale.dockerfile.syntax import DockerfileParseError, Heredoc, Node, parse_ast, parse_heredoc
 from shale.errors import DockerfileError
+from shale.record import field, record
 
 __all__ = [
     "CHANGE_COMMANDS",
@@ -86,7 +86,7 @@ class _Fail(Exception):
     """Internal: a check failed; the caller adds file and line."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Instruction:
     """One checked instruction.
 
@@ -129,7 +129,7 @@ class Instruction:
         return values[-1] if values else default
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Stage:
     """A build stage: its FROM and the instructions up to the next FROM.
 
@@ -146,7 +146,7 @@ class Stage:
     instructions: list[Instruction]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Dockerfile:
     """A parsed Dockerfile. ``meta_args`` are the ARGs before the first FROM; ``instructions``
     is every instruction in order (meta args and FROMs included)."""

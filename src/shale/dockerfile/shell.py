@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 from shale.dockerfile._go import is_space, quote
 from shale.errors import InvalidArgument
+from shale.record import record
 
 __all__ = [
     "Expansion",
@@ -58,7 +58,7 @@ class _Fail(Exception):
     """Internal: raised deep in the scanner, wrapped into ExpansionError once at the top."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Expansion:
     """Result of one expansion: the word, its fields, and which variables were looked up."""
 

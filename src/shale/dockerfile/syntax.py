@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 
 from shale.dockerfile._go import is_space, quote, quote_list, trim_left_space, trim_space
 from shale.dockerfile.shell import ExpansionError, Lexer
 from shale.errors import DockerfileError
+from shale.record import field, record, replace
 
 __all__ = ["AstResult", "DockerfileParseError", "Heredoc", "Node", "parse_ast", "parse_heredoc"]
 
@@ -49,7 +49,7 @@ class _Fail(Exception):
     """Internal: a line-level error whose location the caller knows."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Heredoc:
     """One ``<<NAME`` document. ``content`` is raw (every line with its newline); ``body``
     applies ``<<-`` tab stripping. ``expand`` is False when any part of the name is quoted."""
@@ -67,7 +67,7 @@ class Heredoc:
         return re.sub(r"(?m)^\t+", "", self.content)
 
 
-@dataclass
+@record
 class Node:
     """One instruction as BuildKit's parser sees it.
 
@@ -102,7 +102,7 @@ class Node:
         return node.value.lower() in _HEREDOC_CMDS and not node.json
 
 
-@dataclass
+@record
 class AstResult:
     """The parsed file: instruction nodes, parser directives, escape token and warnings."""
 

@@ -29,7 +29,11 @@ def owner_path(cid: str) -> Path:
 def claim(cid: str, cdir: str | Path) -> None:
     """Record who owns the network state about to be made for ``cid``."""
     ipam.NETNS_DIR.mkdir(parents=True, exist_ok=True)
-    owner_path(cid).write_text(str(cdir))
+    # whole or not at all: a sweep reading it half written would find no owner, call the
+    # container dead and take down the namespace being made (seen with concurrent runs)
+    tmp = ipam.NETNS_DIR / f".{cid}.{os.getpid()}.tmp"
+    tmp.write_text(str(cdir))
+    os.replace(tmp, owner_path(cid))
 
 
 def release(cid: str) -> None:
@@ -49,6 +53,7 @@ def dead_owners() -> dict[str, str]:
         names = os.listdir(ipam.NETNS_DIR)
     except FileNotFoundError:
         names = []
+    names = [n for n in names if not n.startswith(".")]  # an owner being written
     owners = {n[:-len(OWNER)] for n in names if n.endswith(OWNER)}
     for name in names:
         cid = name[:-len(OWNER)] if name.endswith(OWNER) else name
@@ -62,6 +67,7 @@ def dead_owners() -> dict[str, str]:
             if holder.id not in dead and not _alive(holder.dir):
                 dead[holder.id] = holder.dir
         _drop_stale_temps(ipam.bridge_dir(bridge) / "ips")
+    _drop_stale_temps(ipam.NETNS_DIR)
     return dead
 
 
