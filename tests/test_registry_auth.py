@@ -1,6 +1,7 @@
-"""The registry client's auth flow (httpx.MockTransport stands in for the registry and the
-token server: challenges, scopes, token cache, expiry, refresh, redirects) and docker's
-credential file (real files, a real credential-helper executable)."""
+"""The registry client's auth flow (a transport function stands in for the registry and the
+token server, on hosts that cannot exist here: challenges, scopes, token cache, expiry,
+refresh, redirects) and docker's credential file (real files, a real credential-helper
+executable)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,17 @@ import json
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 
 from shale import auth, registry
 from shale.auth import Credentials
 from shale.digest import Digest
 from shale.errors import RegistryError
+from shale.httpclient import ConnectError, ReadError, Request, Response
 from shale.registry import Registry
 from shale.registry_http import _merge_scopes, is_insecure, is_loopback, parse_challenge
 
@@ -32,21 +33,21 @@ class FakeRegistry:
 
     def __init__(self, *, grant: Callable[[str, str], bool] | None = None,
                  expires_in: int = 300, users: dict[str, str] | None = None) -> None:
-        self.requests: list[httpx.Request] = []
+        self.requests: list[Request] = []
         self.token_requests: list[dict[str, list[str]]] = []
         self.grant = grant or (lambda user, action: True)
         self.expires_in = expires_in
         self.users = users if users is not None else {"alice": "secret"}
         self.issued = 0
 
-    def handler(self, req: httpx.Request) -> httpx.Response:
+    def handler(self, req: Request) -> Response:
         self.requests.append(req)
         url = urlsplit(str(req.url))
         if url.netloc == "auth.example.test":
             return self._token(req)
         return self._registry(req, url.path)
 
-    def _token(self, req: httpx.Request) -> httpx.Response:
+    def _token(self, req: Request) -> Response:
         q = parse_qs(urlsplit(str(req.url)).query)
         self.token_requests.append(q)
         user = ""
@@ -54,7 +55,7 @@ class FakeRegistry:
         if header.startswith("Basic "):
             u, _, p = base64.b64decode(header[6:]).decode().partition(":")
             if self.users.get(u) != p:
-                return httpx.Response(401, json={"details": "bad creds"})
+                return Response(401, json={"details": "bad creds"})
             user = u
         granted = []
         for scope in q.get("scope", []):
@@ -63,9 +64,9 @@ class FakeRegistry:
             granted.append(f"{typ}:{name}:{','.join(sorted(acts))}")
         self.issued += 1
         token = f"tok{self.issued}|{user}|{' '.join(granted)}"
-        return httpx.Response(200, json={"token": token, "expires_in": self.expires_in})
+        return Response(200, json={"token": token, "expires_in": self.expires_in})
 
-    def _registry(self, req: httpx.Request, path: str) -> httpx.Response:
+    def _registry(self, req: Request, path: str) -> Response:
         header = req.headers.get("authorization", "")
         if path == "/v2/":
             need = ""
@@ -80,7 +81,7 @@ class FakeRegistry:
             acts = "pull,push" if need.endswith("push") else "pull"
             challenge += f',scope="{need.rsplit(":", 1)[0]}:{acts}"'
         if not header.startswith("Bearer "):
-            return httpx.Response(401, headers={"WWW-Authenticate": challenge},
+            return Response(401, headers={"WWW-Authenticate": challenge},
                                   json={"errors": [{"code": "UNAUTHORIZED",
                                                     "message": "authentication required"}]})
         granted = header[7:].split("|", 2)[2].split()
@@ -88,21 +89,21 @@ class FakeRegistry:
         ok = not need or any(g.rpartition(":")[0] == typ_name and
                              action in g.rpartition(":")[2].split(",") for g in granted)
         if not ok:
-            return httpx.Response(401, headers={
+            return Response(401, headers={
                 "WWW-Authenticate": challenge + ',error="insufficient_scope"'},
                 json={"errors": [{"code": "DENIED",
                                   "message": "requested access to the resource is denied"}]})
         if path.endswith("/manifests/1"):
             body = b'{"schemaVersion":2}'
-            return httpx.Response(200, content=body, headers={
+            return Response(200, content=body, headers={
                 "Content-Type": "application/vnd.oci.image.manifest.v1+json",
                 "Docker-Content-Digest": Digest.of_bytes(body).value})
         if req.method == "POST":
-            return httpx.Response(202, headers={"Location": f"/v2/{repo}/blobs/uploads/u1"})
-        return httpx.Response(200, json={})
+            return Response(202, headers={"Location": f"/v2/{repo}/blobs/uploads/u1"})
+        return Response(200, json={})
 
     def client(self, creds: Credentials | None = None) -> Registry:
-        return Registry(HOST, creds, transport=httpx.MockTransport(self.handler))
+        return Registry(HOST, creds, transport=self.handler)
 
 
 def test_parse_challenge_forms() -> None:
@@ -134,10 +135,10 @@ def test_loopback_and_insecure_hosts() -> None:
     assert is_insecure("reg.local:5000", ["reg.local:5000"])
     assert is_insecure("10.1.2.3:5000", ["10.0.0.0/8"])
     assert not is_insecure("reg.local:5000", ["other:5000", "192.168.0.0/16"])
-    reg = Registry("127.0.0.1:5000", transport=httpx.MockTransport(lambda r: httpx.Response(200)))
+    reg = Registry("127.0.0.1:5000", transport=lambda r: Response(200))
     assert reg.base == "http://127.0.0.1:5000"
     reg.close()
-    reg = Registry(HOST, transport=httpx.MockTransport(lambda r: httpx.Response(200)))
+    reg = Registry(HOST, transport=lambda r: Response(200))
     assert reg.base == f"https://{HOST}"
     reg.close()
     assert Registry("docker.io").host == "registry-1.docker.io"
@@ -212,7 +213,7 @@ def test_wrong_password_at_the_token_server() -> None:
 def test_identity_token_uses_oauth_post_and_falls_back_to_get() -> None:
     seen: list[tuple[str, bytes]] = []
 
-    def handler(req: httpx.Request) -> httpx.Response:
+    def handler(req: Request) -> Response:
         url = str(req.url)
         if url.startswith(REALM):
             seen.append((req.method, req.content if req.method == "POST" else b""))
@@ -220,26 +221,26 @@ def test_identity_token_uses_oauth_post_and_falls_back_to_get() -> None:
                 form = parse_qs(req.content.decode())
                 assert form["grant_type"] == ["refresh_token"]
                 assert form["refresh_token"] == ["rt-123"]
-                return httpx.Response(200, json={"access_token": "AT", "expires_in": 300})
-            return httpx.Response(200, json={"token": "GT"})
+                return Response(200, json={"access_token": "AT", "expires_in": 300})
+            return Response(200, json={"token": "GT"})
         if req.headers.get("authorization") in ("Bearer AT", "Bearer GT"):
-            return httpx.Response(200, json={})
-        return httpx.Response(401, headers={
+            return Response(200, json={})
+        return Response(401, headers={
             "WWW-Authenticate": f'Bearer realm="{REALM}",service="s",scope="repository:a:pull"'})
 
     with Registry(HOST, Credentials("", "", "rt-123"),
-                  transport=httpx.MockTransport(handler)) as reg:
+                  transport=handler) as reg:
         assert reg.blob_exists("a", Digest.of_bytes(b"x"))
     assert [m for m, _ in seen] == ["POST"]
 
-    def no_oauth(req: httpx.Request) -> httpx.Response:
+    def no_oauth(req: Request) -> Response:
         if str(req.url).startswith(REALM) and req.method == "POST":
-            return httpx.Response(404)
+            return Response(404)
         return handler(req)
 
     seen.clear()
     with Registry(HOST, Credentials("", "", "rt-123"),
-                  transport=httpx.MockTransport(no_oauth)) as reg:
+                  transport=no_oauth) as reg:
         assert reg.blob_exists("a", Digest.of_bytes(b"x"))
     assert [m for m, _ in seen] == ["GET"]
 
@@ -247,21 +248,21 @@ def test_identity_token_uses_oauth_post_and_falls_back_to_get() -> None:
 def test_basic_auth_challenge() -> None:
     auth_headers: list[str | None] = []
 
-    def handler(req: httpx.Request) -> httpx.Response:
+    def handler(req: Request) -> Response:
         h = req.headers.get("authorization")
         auth_headers.append(h)
         good = "Basic " + base64.b64encode(b"bob:pw").decode()
         if h != good:
-            return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
-        return httpx.Response(200, json={})
+            return Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
+        return Response(200, json={})
 
     with Registry(HOST, Credentials("bob", "pw"),
-                  transport=httpx.MockTransport(handler)) as reg:
+                  transport=handler) as reg:
         reg.login()
         assert reg.blob_exists("x", Digest.of_bytes(b"x"))
     assert auth_headers[0] is None and auth_headers[-1] is not None
     with Registry(HOST, Credentials("bob", "nope"),
-                  transport=httpx.MockTransport(handler)) as reg, \
+                  transport=handler) as reg, \
             pytest.raises(RegistryError, match="401 Unauthorized"):
         reg.login()
 
@@ -271,22 +272,22 @@ def test_redirect_drops_authorization_for_another_host() -> None:
     data = b"blob bytes"
     digest = Digest.of_bytes(data)
 
-    def handler(req: httpx.Request) -> httpx.Response:
+    def handler(req: Request) -> Response:
         url = urlsplit(str(req.url))
         seen[f"{url.netloc}{url.path}"] = req.headers.get("authorization")
         if url.netloc == "cdn.example.test":
-            return httpx.Response(200, content=data)
+            return Response(200, content=data)
         if url.path == "/v2/":
-            return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
+            return Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
         if url.path.endswith("/same"):
-            return httpx.Response(307, headers={"Location": f"/v2/a/blobs/{digest}"})
+            return Response(307, headers={"Location": f"/v2/a/blobs/{digest}"})
         if url.path.endswith(f"/blobs/{digest}") and "hop" not in url.query:
-            return httpx.Response(307, headers={
+            return Response(307, headers={
                 "Location": "https://cdn.example.test/blob?sig=1"})
-        return httpx.Response(200, content=data)
+        return Response(200, content=data)
 
     with Registry(HOST, Credentials("bob", "pw"),
-                  transport=httpx.MockTransport(handler)) as reg:
+                  transport=handler) as reg:
         assert reg.get_blob("a", digest) == data
         resp = reg.request("GET", reg.url("a/blobs/same"))
         resp.close()
@@ -300,28 +301,24 @@ def test_blob_resume_with_range_after_a_cut() -> None:
     digest = Digest.of_bytes(data)
     ranges: list[str | None] = []
 
-    class Cut(httpx.SyncByteStream):
-        def __init__(self, body: bytes) -> None:
-            self.body = body
+    def cut(body: bytes) -> Iterator[bytes]:
+        yield body[:1 << 20]
+        raise ReadError("connection reset by peer")
 
-        def __iter__(self):  # type: ignore[no-untyped-def]
-            yield self.body[:1 << 20]
-            raise httpx.ReadError("connection reset by peer")
-
-    def handler(req: httpx.Request) -> httpx.Response:
-        if req.url.path == "/v2/":
-            return httpx.Response(200)
+    def handler(req: Request) -> Response:
+        if urlsplit(req.url).path == "/v2/":
+            return Response(200)
         rng = req.headers.get("range")
         ranges.append(rng)
         if rng is None:
-            return httpx.Response(200, stream=Cut(data))
+            return Response(200, stream=cut(data))
         start = int(rng.split("=")[1].rstrip("-"))
         if len(ranges) == 2:  # a server that ignores Range once: the client skips
-            return httpx.Response(200, content=data)
-        return httpx.Response(206, content=data[start:], headers={
+            return Response(200, content=data)
+        return Response(206, content=data[start:], headers={
             "Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"})
 
-    with Registry(HOST, transport=httpx.MockTransport(handler)) as reg:
+    with Registry(HOST, transport=handler) as reg:
         reader = reg.open_blob("a", digest, len(data))
         got = reader.read()
         reader.close()
@@ -417,19 +414,20 @@ elif verb == "erase":
 def test_insecure_registry_falls_back_to_plain_http() -> None:
     seen: list[str] = []
 
-    def handler(req: httpx.Request) -> httpx.Response:
-        seen.append(f"{req.url.scheme}://{req.url.host}{req.url.path}")
-        if req.url.scheme == "https":
-            raise httpx.ConnectError("[SSL: WRONG_VERSION_NUMBER] wrong version number")
-        return httpx.Response(200, json={})
+    def handler(req: Request) -> Response:
+        url = urlsplit(req.url)
+        seen.append(f"{url.scheme}://{url.hostname}{url.path}")
+        if url.scheme == "https":
+            raise ConnectError("[SSL: WRONG_VERSION_NUMBER] wrong version number")
+        return Response(200, json={})
 
-    with Registry(HOST, insecure=[HOST], transport=httpx.MockTransport(handler)) as reg:
+    with Registry(HOST, insecure=[HOST], transport=handler) as reg:
         assert reg.blob_exists("a", Digest.of_bytes(b"x"))
         assert reg.base == f"http://{HOST}"
     assert seen[0] == f"https://{HOST}/v2/" and seen[1:] == [
         f"http://{HOST}/v2/", f"http://{HOST}/v2/a/blobs/{Digest.of_bytes(b'x')}"]
     # not listed: TLS only, and the failure is one clear error
     seen.clear()
-    with Registry(HOST, transport=httpx.MockTransport(handler)) as reg, \
+    with Registry(HOST, transport=handler) as reg, \
             pytest.raises(RegistryError, match=f'Get "https://{HOST}/v2/": dial tcp'):
         reg.blob_exists("a", Digest.of_bytes(b"x"))

@@ -1,6 +1,6 @@
-"""A client of the OCI distribution API (and docker's token auth), over httpx.
+"""A client of the OCI distribution API (and docker's token auth), over ``httpclient``.
 
-One ``Registry`` per registry host, shared by the threads of a pull or push (httpx's client
+One ``Registry`` per registry host, shared by the threads of a pull or push (its HTTP client
 is thread-safe; the token cache has a lock). What it does, in the spec's terms:
 
 - ``ping``: ``GET /v2/``; a 401 teaches the auth scheme (``WWW-Authenticate``).
@@ -21,8 +21,8 @@ is thread-safe; the token cache has a lock). What it does, in the spec's terms:
 
 Plain HTTP for localhost and 127.0.0.0/8 (as docker); other hosts use TLS with the system's
 CAs (plus ``/etc/docker/certs.d/<host>/ca.crt``), or, when listed as insecure, TLS without
-verification falling back to plain HTTP. httpx is imported here only: ``shale run`` never
-pays for it.
+verification falling back to plain HTTP. The HTTP client is imported here only: ``shale run``
+never pays for it.
 """
 
 from __future__ import annotations
@@ -57,46 +57,16 @@ from shale.registry_http import (
 )
 
 if TYPE_CHECKING:
-    import httpx
+    from shale.httpclient import Response, Transport
 
 MANIFEST_ACCEPT = ", ".join((oci.OCI_INDEX, oci.OCI_MANIFEST, oci.DOCKER_LIST,
                              oci.DOCKER_MANIFEST))
 USER_AGENT = "shale/0.1.0"
 MAX_MANIFEST = 4 << 20
 CHUNK = 1 << 20
-READ_SIZE = 256 << 10  # socket reads of a response body (httpcore's default: 64 KiB)
 RESUME_TRIES = 5
 TOKEN_DEFAULT_TTL = 60
 TOKEN_MARGIN = 10  # refresh this many seconds before a token expires
-
-
-def _import_httpx() -> None:
-    """httpx and httpcore without what shale never uses that their imports pull in:
-    httpx's command-line client (``httpx/_main.py``: click, rich, pygments) and the async
-    backends of httpcore (trio, anyio). Those imports are optional there (``except
-    ImportError``); leaving them out saves ~100 ms of every pull, push and login start
-    here. The blocks are lifted again at once: a later ``import trio`` (etc.) works.
-    """
-    import sys
-
-    if "httpcore" not in sys.modules or "httpx" not in sys.modules:
-        blocked = [m for m in ("trio", "anyio", "click") if m not in sys.modules]
-        for m in blocked:
-            sys.modules[m] = None  # type: ignore[assignment]  # "import m": ImportError
-        try:
-            import httpcore._sync.http11  # the Client's transport needs it: in the block
-            import httpx  # noqa: F401
-        finally:
-            for m in blocked:
-                if m in sys.modules and sys.modules[m] is None:
-                    del sys.modules[m]
-    import httpcore._sync.http11
-
-    # httpcore reads the socket 64 KiB at a time and h11 copies each piece four times in
-    # Python; 256 KiB reads cost a quarter of those round trips while the copies still fit
-    # in the CPU's cache (measured here on an 85 MB download: 64 KiB 47-62 ms of CPU,
-    # 256 KiB 40-51, 1 MiB 70). recv returns what has arrived: nothing waits to fill it.
-    httpcore._sync.http11.HTTP11Connection.READ_NUM_BYTES = READ_SIZE
 
 
 @record
@@ -128,9 +98,8 @@ class Registry:
 
     def __init__(self, domain: str, credentials: Credentials | None = None, *,
                  insecure: Sequence[str] = (), timeout: float = 120.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        _import_httpx()
-        import httpx
+                 transport: Transport | None = None) -> None:
+        from shale.httpclient import Client
 
         self.domain = domain
         self.host = "registry-1.docker.io" if domain in HUB_DOMAINS else domain
@@ -140,11 +109,8 @@ class Registry:
         # plain HTTP on loopback: no TLS context to build (it costs ~70 ms of CA loading)
         self._tls_verify: Any = False if self._insecure or self.scheme == "http" else \
             _tls_context(self.host)
-        self._client = httpx.Client(
-            verify=self._tls_verify, timeout=httpx.Timeout(timeout, connect=15.0),
-            follow_redirects=False, headers={"User-Agent": USER_AGENT},
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
-            transport=transport)
+        self._client = Client(verify=self._tls_verify, timeout=timeout, connect_timeout=15.0,
+                              headers={"User-Agent": USER_AGENT}, transport=transport)
         self._challenge: Challenge | None = None
         self._tokens: dict[tuple[str, str, tuple[str, ...]], _Token] = {}
         self._lock = threading.Lock()
@@ -170,19 +136,18 @@ class Registry:
         return f"{self.base}/v2/{path}"
 
     def _send(self, method: str, url: str, headers: dict[str, str], body: Body,
-              stream: bool) -> httpx.Response:
+              stream: bool) -> Response:
         """One request, following redirects by hand: ``Authorization`` never crosses to
         another host."""
-        import httpx
+        from shale.httpclient import TransportError
 
         origin = urlsplit(url).netloc
         for _ in range(10):
             content = body() if callable(body) else body
-            req = self._client.build_request(method, url, headers=headers, content=content)
             self.stats.count(method)
             try:
-                resp = self._client.send(req, stream=stream)
-            except httpx.TransportError as e:
+                resp = self._client.send(method, url, headers, content, stream=stream)
+            except TransportError as e:
                 raise _transport_error(method, url, e) from None
             if resp.status_code in (301, 302, 303, 307, 308) and "location" in resp.headers:
                 resp.close()
@@ -199,7 +164,7 @@ class Registry:
 
     def request(self, method: str, url: str, *, scopes: Sequence[str] = (),
                 headers: dict[str, str] | None = None, body: Body = None,
-                stream: bool = False, retry_auth: bool = True) -> httpx.Response:
+                stream: bool = False, retry_auth: bool = True) -> Response:
         """A request with auth; a 401 is answered once (new token, basic credentials)."""
         if not self._pinged:
             before = self.base
@@ -316,7 +281,7 @@ class Registry:
         url = ch.realm + (sep + urlencode(query) if query else "")
         return self._token_answer(self._send("GET", url, headers, None, False), ch)
 
-    def _token_answer(self, resp: httpx.Response, ch: Challenge) -> tuple[str, float]:
+    def _token_answer(self, resp: Response, ch: Challenge) -> tuple[str, float]:
         if resp.status_code == 401:
             raise RegistryError(f"Get \"{ch.realm}\": unauthorized: incorrect username or "
                                 "password")
@@ -384,7 +349,7 @@ class Registry:
                 mt = body_mt
         return ManifestResult(raw, mt, digest)
 
-    def _manifest_unknown(self, repo: str, ref: str, resp: httpx.Response) -> RegistryError:
+    def _manifest_unknown(self, repo: str, ref: str, resp: Response) -> RegistryError:
         sep = "@" if ref.startswith("sha256:") else ":"
         return RegistryError(f"manifest for {self.domain}/{repo}{sep}{ref} not found: "
                              f"{error_text(resp)}")
@@ -471,7 +436,7 @@ class Registry:
                                 f"{error_text(resp)}")
         return False, self._location(resp, self.url(f"{repo}/blobs/uploads/"))
 
-    def _location(self, resp: httpx.Response, url: str) -> str:
+    def _location(self, resp: Response, url: str) -> str:
         loc = str(resp.headers.get("location") or "")
         if not loc:
             raise RegistryError(f"{self.domain}: upload answer without a Location")

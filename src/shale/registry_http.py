@@ -21,8 +21,7 @@ from shale.errors import DigestMismatch, RegistryError
 from shale.record import record
 
 if TYPE_CHECKING:
-    import httpx
-
+    from shale.httpclient import Response
     from shale.registry import Registry
 
 CHUNK = 1 << 20
@@ -105,7 +104,7 @@ def is_insecure(host: str, insecure: Sequence[str]) -> bool:
     return False
 
 
-def error_text(resp: httpx.Response) -> str:
+def error_text(resp: Response) -> str:
     """docker's rendering of a registry error: ``code words: message``; a bearer
     challenge's ``error`` comes first, as docker's client reads it (RFC 6750 3.1)."""
     ch = parse_challenge(resp.headers.get("www-authenticate", ""))
@@ -152,7 +151,7 @@ class BlobReader(io.RawIOBase):
         self.reg, self.repo, self.digest, self.size = reg, repo, digest, size
         self.offset = 0
         self._on_data = on_data
-        self._resp: httpx.Response | None = None
+        self._resp: Response | None = None
         self._iter: Iterator[bytes] | None = None
         self._buf = b""
         self._skip = 0
@@ -193,7 +192,7 @@ class BlobReader(io.RawIOBase):
         self._iter = resp.iter_bytes()  # as received: a cut keeps what arrived
 
     def _next_chunk(self) -> bytes:
-        import httpx
+        from shale.httpclient import TransportError
 
         while True:
             if self._iter is None:
@@ -208,7 +207,7 @@ class BlobReader(io.RawIOBase):
                                               f"{self.offset} of {self.size} bytes"))
                     continue
                 return b""
-            except httpx.TransportError as e:
+            except TransportError as e:
                 self._close_resp()
                 self._retry(_transport_error("GET", self.reg.url(
                     f"{self.repo}/blobs/{self.digest}"), e))
@@ -296,18 +295,18 @@ def _merge_scopes(scopes: Sequence[str]) -> list[str]:
 
 
 def _transport_error(method: str, url: str, e: Exception) -> RegistryError:
-    import httpx
+    from shale.httpclient import ConnectError, TimeoutException
 
     reason = str(e) or type(e).__name__
     m = re.search(r"\[Errno -?\d+\] (.*)", reason)
     if m:
         reason = m.group(1)
-    if isinstance(e, httpx.ConnectError):
+    if isinstance(e, ConnectError):
         where = urlsplit(url)
         port = where.port or (443 if where.scheme == "https" else 80)
         reason = reason[0].lower() + reason[1:] if reason else reason
         reason = f"dial tcp {where.hostname}:{port}: connect: {reason}"
-    elif isinstance(e, httpx.TimeoutException):
+    elif isinstance(e, TimeoutException):
         reason = f"timeout: {reason}"
     return RegistryError(f'{method.title()} "{url}": {reason}')
 

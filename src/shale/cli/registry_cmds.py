@@ -129,8 +129,8 @@ def _events(quiet: bool) -> _Lines:
 
 def _quick_exit() -> None:
     """At interpreter exit (atexit runs before its last garbage collection), leave every
-    object out of that collection: with httpx and the engine loaded it alone takes ~15 ms
-    of a pull's or push's exit here. Nothing relies on it: files are closed and blobs
+    object out of that collection: with the registry client and the engine loaded it alone
+    takes ~15 ms of a pull's or push's exit here. Nothing relies on it: files are closed and blobs
     committed by then. In a longer-lived process (the tests) it only runs at its end."""
     import atexit
     import gc
