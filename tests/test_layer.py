@@ -15,7 +15,8 @@ import pytest
 
 from shale.digest import EMPTY_LAYER_DIFF_ID, Digest
 from shale.errors import DataError, InvalidArgument, UnsafePath
-from shale.layer import Change, apply_layer, changes_dirs, changes_overlay, write_layer
+from shale.layer import Change, changes_dirs, changes_overlay, write_layer
+from shale.layer_apply import apply_layer
 
 T0 = 1_600_000_000
 

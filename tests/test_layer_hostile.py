@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from shale.errors import DataError, UnsafePath
-from shale.layer import apply_layer
+from shale.layer_apply import apply_layer
 
 HOSTABS = f"/shale-hostile-{os.getpid()}"
 

@@ -19,7 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shale.layer import apply_layer, changes_dirs, write_layer
+from shale.layer import changes_dirs, write_layer
+from shale.layer_apply import apply_layer
 
 NAMES = st.sampled_from(["a", "b", "c", "a-b", "a.b", "B", "caf\u00e9", "L" * 110, ".h"])
 PATHS = st.lists(NAMES, min_size=1, max_size=3).map(tuple)

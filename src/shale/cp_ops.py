@@ -1,6 +1,6 @@
 """``cp`` between a container and the host, through the same path safety as layers.
 
-Into a container: the source is packed as a tar and applied with ``layer.apply_layer`` into
+Into a container: the source is packed as a tar and applied with ``layer_apply.apply_layer`` into
 the container's root, so every write resolves inside it (a symlink planted in the container
 never leads a write outside). Out of a container: the source is resolved inside the root
 with ``openat2(RESOLVE_IN_ROOT)`` and read through descriptors, never following a link.
@@ -167,7 +167,7 @@ def _tar_at(tf: tarfile.TarFile, pfd: int, base: str, arc: str) -> None:
 
 def _into_container(root: Path, spath: str, dpath: str) -> None:
     from shale.fsroot import Root
-    from shale.layer import apply_layer
+    from shale.layer_apply import apply_layer
 
     rel_dest = dpath.strip("/")
     with Root(root) as r:
@@ -214,7 +214,7 @@ def _owner_root(ti: tarfile.TarInfo) -> tarfile.TarInfo:
 
 def _apply_prefixed(src: BinaryIO, root: Path, prefix: str) -> None:
     """Apply a tar read from stdin under ``prefix`` inside the container."""
-    from shale.layer import apply_layer
+    from shale.layer_apply import apply_layer
 
     with tempfile.TemporaryFile() as out:
         with tarfile.open(fileobj=src, mode="r|") as tin, \

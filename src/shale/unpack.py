@@ -91,7 +91,7 @@ def unpack(snap: Snapshotter, content: ContentStore, layers: Sequence[LayerRecor
         if _committed(snap, name):
             parent = name
             continue
-        from shale.layer import apply_layer  # only when unpacking: `run` skips tarfile
+        from shale.layer_apply import apply_layer  # only when unpacking: `run` skips tarfile
 
 
         def fill(key: str, layer: LayerRecord = layer) -> None:

@@ -87,7 +87,7 @@ class Context:
     def from_tar(cls, src: BinaryIO, dockerfile_name: str | None = None) -> Context:
         """A context sent as a tar on stdin (plain or compressed), unpacked once."""
         from shale.compression import decompressed
-        from shale.layer import apply_layer
+        from shale.layer_apply import apply_layer
 
         tmp = Path(tempfile.mkdtemp(prefix="shale-context-"))
         try:

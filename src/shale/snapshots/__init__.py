@@ -30,7 +30,7 @@ Contract
   ``Usage`` (bytes of regular files and inode count in this snapshot's own layer, as docker's
   layer size counts only regular file bytes).
 - ``upper_dir(key)`` (overlay) / ``root_dir(key)`` (vfs): the directory that holds the
-  snapshot's own files, for ``layer.changes`` and ``layer.apply_layer`` without mounting.
+  snapshot's own files, for ``layer.changes`` and ``layer_apply.apply_layer`` without mounting.
   ``layer_format`` says how deletions are stored there: ``"overlay"`` (char 0/0 whiteouts and
   opaque xattrs in an upper dir that only holds changes) or ``"dir"`` (a full tree).
 - Every method is safe against concurrent shale processes: state changes are atomic renames
