@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shale.runtime import cgroups
+from shale.runtime import cgwarm
 
 
 def _own_cgroups() -> str:
@@ -19,10 +19,10 @@ def _own_cgroups() -> str:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root (cgroup.procs writes)")
 def test_move_warmer_changes_no_membership_and_stops() -> None:
-    path = cgroups._own_procs_file()
+    path = cgwarm._own_procs_file()
     assert path is not None and os.path.exists(path), path
     before = _own_cgroups()
-    warmer = cgroups.MoveWarmer().start()
+    warmer = cgwarm.MoveWarmer().start()
     time.sleep(0.05)
     warmer.stop()
     warmer._thread.join(2.0)
@@ -32,15 +32,15 @@ def test_move_warmer_changes_no_membership_and_stops() -> None:
 
 def test_move_warmer_gives_up_quietly_without_a_cgroup_file(monkeypatch: pytest.MonkeyPatch
                                                             ) -> None:
-    monkeypatch.setattr(cgroups, "_own_procs_file", lambda: None)
-    warmer = cgroups.MoveWarmer().start()
+    monkeypatch.setattr(cgwarm, "_own_procs_file", lambda: None)
+    warmer = cgwarm.MoveWarmer().start()
     warmer._thread.join(2.0)
     assert not warmer._thread.is_alive()
     warmer.stop()  # after the thread ended: still fine
 
 
 def test_move_warmer_deadline() -> None:
-    warmer = cgroups.MoveWarmer(limit=0.05).start()
+    warmer = cgwarm.MoveWarmer(limit=0.05).start()
     warmer._thread.join(2.0)
     assert not warmer._thread.is_alive()
 

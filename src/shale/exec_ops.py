@@ -80,10 +80,10 @@ def _process(c_spec: dict[str, Any], rootfs: str, opts: ExecOptions) -> dict[str
 
 
 def run_exec(engine: Engine, name: str, opts: ExecOptions) -> int:
-    from shale.runtime.cgroups import stop_warming, warm_moves
+    from shale.runtime.cgwarm import stop_warming, warm_moves
 
     # the exec'd process is moved into the container's cgroup: let that wait overlap with
-    # the work before it (see cgroups.MoveWarmer; `main` started it already)
+    # the work before it (see cgwarm.MoveWarmer; `main` started it already)
     warm_moves()
     try:
         return _run_exec(engine, name, opts, stop_warming)

@@ -128,9 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         verb = _find_verb(args_list)
         if verb in _MOVES_CGROUPS:
-            from shale.runtime.cgroups import warm_moves
+            from shale.runtime.cgwarm import warm_moves
 
-            warm_moves()  # from the very start: see cgroups.warm_moves
+            warm_moves()  # from the very start: see cgwarm.warm_moves
         if verb in _STARTS:
             from shale.monitor_spawn import spawn_early
 
@@ -179,8 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from shale.monitor_spawn import cancel_early
 
             cancel_early()
-        if "shale.runtime.cgroups" in sys.modules:
-            from shale.runtime.cgroups import stop_warming
+        if "shale.runtime.cgwarm" in sys.modules:
+            from shale.runtime.cgwarm import stop_warming
 
             stop_warming()
 

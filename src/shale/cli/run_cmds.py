@@ -314,15 +314,15 @@ def _start_attached(engine: Engine, c: Container, stdin: bool, sig_proxy: bool,
 
 
 def _begin_warming() -> None:
-    """Keep cgroup moves cheap (``cgroups.MoveWarmer``) until ``_end_warming``: `main`
-    started it already for this verb; early, see ``cgroups.warm_moves``."""
-    from shale.runtime.cgroups import warm_moves
+    """Keep cgroup moves cheap (``cgwarm.MoveWarmer``) until ``_end_warming``: `main`
+    started it already for this verb; early, see ``cgwarm.warm_moves``."""
+    from shale.runtime.cgwarm import warm_moves
 
     warm_moves()
 
 
 def _end_warming() -> None:
-    from shale.runtime.cgroups import stop_warming
+    from shale.runtime.cgwarm import stop_warming
 
     stop_warming()
 
