@@ -197,7 +197,7 @@ COPY --from=1 /other /
 COPY --from=build --chown=app /out/sub /chowned
 COPY --from=@BASE@ /etc/passwd /passwd-from-image
 """,
-        history=False),  # docker hashes --from sources with its host's user names
+        ),  # docker hashes --from sources with its host's user and group names: so do we
     "onbuild-child": Case("""\
 FROM @BASE@-parent
 RUN cat /trigger > /seen
@@ -236,6 +236,18 @@ COPY a.txt `
 LABEL k=`$notvar
 """,
         context={"a.txt": b"a\n"}),
+    # remote sources, from a server on the host (dockerd fetches them from its own netns,
+    # the host's, so 127.0.0.1 reaches it): name, mode 0600, never unpacked, hash in history
+    "add-remote": Case("""\
+FROM @BASE@
+ADD @URL@/f.txt /d/
+ADD @URL@/t.tar /d/
+ADD @URL@/f.txt /renamed
+ADD @URL@/dl/ /cd/
+ADD @URL@/redirect /r/
+ADD @URL@/f.txt @URL@/t.tar /both/
+ADD --chown=1000:1000 @URL@/f.txt /owned/
+"""),
 }
 
 
@@ -328,8 +340,16 @@ def shale_cli(tmp_path_factory: pytest.TempPathFactory, base_tar: Path) -> Cli:
 
 
 # ---- the test ------------------------------------------------------------------------------
-def _build_both(case: Case, ctx: Path, tag: str, shale_cli: Cli) -> None:
-    df = case.dockerfile.replace("@BASE@", BASE)
+@pytest.fixture(scope="module")
+def files_url() -> Iterator[str]:
+    from test_build_remote import serve
+
+    with serve() as url:
+        yield url
+
+
+def _build_both(case: Case, ctx: Path, tag: str, shale_cli: Cli, url: str = "") -> None:
+    df = case.dockerfile.replace("@BASE@", BASE).replace("@URL@", url)
     (ctx / "Dockerfile").write_text(df)
     _docker("build", "-q", "-t", tag, *case.args, str(ctx))
     res = shale_cli("build", "-q", "-t", tag, *case.args, str(ctx))
@@ -337,7 +357,8 @@ def _build_both(case: Case, ctx: Path, tag: str, shale_cli: Cli) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_same_as_docker(name: str, docker_base: str, shale_cli: Cli, tmp_path: Path) -> None:
+def test_same_as_docker(name: str, docker_base: str, shale_cli: Cli, tmp_path: Path,
+                        files_url: str) -> None:
     case = CASES[name]
     ctx = write_context(tmp_path / "ctx", case.context)
     if name == "copy-add-corners":
@@ -346,7 +367,7 @@ def test_same_as_docker(name: str, docker_base: str, shale_cli: Cli, tmp_path: P
         parent_case = Case(case.parent)
         _build_both(parent_case, ctx, f"{BASE}-parent", shale_cli)
     tag = f"shaletest-build-{RUN_ID}-{name}"
-    _build_both(case, ctx, tag, shale_cli)
+    _build_both(case, ctx, tag, shale_cli, files_url)
     try:
         d_tree, d_cfg = flatten(_docker("save", tag).stdout)
     finally:

@@ -32,6 +32,7 @@ from shale.record import field, record
 
 if TYPE_CHECKING:
     from shale.build.run import Reaper
+    from shale.build.secrets import Session
     from shale.engine import Engine
 
 PROXY_ARGS = frozenset(("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY",
@@ -76,6 +77,7 @@ class BuildOptions:
     force_rm: bool = False
     explain: bool = False
     platform: str = ""
+    session: Session | None = None  # --secret, --ssh
 
 
 @record

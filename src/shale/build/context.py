@@ -12,6 +12,7 @@ image (``COPY --from``) hash with their real owners, which the copy preserves.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import os
 import posixpath
@@ -272,11 +273,14 @@ def _tarsum(s: Source, owned: bool, hardlink: str = "") -> str:
         # docker's lazy image source hashes real owners and the Go 1.8 type bits
         mode |= stat.S_IFMT(st.st_mode)
     uid, gid = (st.st_uid, st.st_gid) if owned else (0, 0)
+    # docker's lazy source fills the header as Go's tar.FileInfoHeader does: owner names
+    # from the daemon host's user and group databases ("" where they have none)
+    uname, gname = (_user_name(uid), _group_name(gid)) if owned else ("", "")
     dev = st.st_rdev if kind in ("3", "4") else 0
     h = hashlib.sha256()
     for k, v in (("name", name), ("mode", str(mode)), ("uid", str(uid)), ("gid", str(gid)),
-                 ("size", str(size)), ("typeflag", kind), ("linkname", link), ("uname", ""),
-                 ("gname", ""), ("devmajor", str(os.major(dev))),
+                 ("size", str(size)), ("typeflag", kind), ("linkname", link), ("uname", uname),
+                 ("gname", gname), ("devmajor", str(os.major(dev))),
                  ("devminor", str(os.minor(dev)))):
         h.update((k + v).encode("utf-8", "surrogateescape"))
     if kind == "0" and size:
@@ -286,10 +290,32 @@ def _tarsum(s: Source, owned: bool, hardlink: str = "") -> str:
     return h.hexdigest()
 
 
-def summary(ctx: Context, sources: list[Source], inline: list[Inline]) -> str:
+@functools.cache
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
+
+
+@functools.cache
+def _group_name(gid: int) -> str:
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return ""
+
+
+def summary(ctx: Context, sources: list[Source], inline: list[Inline],
+            more: list[str] | None = None) -> str:
     """``file:<hash>``, ``dir:<hash>`` or ``multi:<hash>``: the classic builder's summary
-    of a COPY/ADD's sources in ``created_by`` (a heredoc hashes as a 0644 file)."""
-    hashes = [ctx.source_hash(s) for s in sources]
+    of a COPY/ADD's sources in ``created_by`` (a heredoc hashes as a 0644 file; ``more``:
+    hashes of downloaded sources)."""
+    hashes = [ctx.source_hash(s) for s in sources] + (more or [])
     for doc in inline:
         h = hashlib.sha256()
         for k, v in (("name", doc.name), ("mode", "420"), ("uid", "0"), ("gid", "0"),

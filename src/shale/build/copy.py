@@ -59,6 +59,7 @@ class CopyPlan:
     preserve_owner: bool = False      # COPY --from without --chown
     inline: list[Inline] = field(default_factory=list)
     extract: bool = False             # ADD: unpack local tar archives
+    remote: list[Source] = field(default_factory=list)  # ADD: downloaded files, as they are
 
 
 @record
@@ -202,7 +203,7 @@ def _dest(plan: CopyPlan) -> tuple[str, bool]:
 def plan_layer(plan: CopyPlan, view: Path | None) -> _Layer:
     """Every entry the layer will hold (file contents are read when written)."""
     dest, as_dir = _dest(plan)
-    count = len(plan.sources) + len(plan.inline)
+    count = len(plan.sources) + len(plan.inline) + len(plan.remote)
     if count > 1 and not plan.dest.endswith("/"):
         raise DockerfileError(f"When using {plan.cmd.upper()} with more than one source "
                               "file, the destination must be a directory and end with a /")
@@ -224,6 +225,12 @@ def plan_layer(plan: CopyPlan, view: Path | None) -> _Layer:
             arc = posixpath.join(base, src.name) if dest_is_dir else base
             layer.mkdirs(posixpath.dirname(arc))
             layer.add(arc, src)
+    for src in plan.remote:
+        if dest_is_dir and not src.name:
+            raise DockerfileError(f"cannot determine filename for source {src.rel or '/'}")
+        arc = posixpath.join(base, src.name) if dest_is_dir else base
+        layer.mkdirs(posixpath.dirname(arc))
+        layer.add(arc, src)
     for doc in plan.inline:
         arc = posixpath.join(base, doc.name.strip("/")) if dest_is_dir else base
         layer.mkdirs(posixpath.dirname(arc))

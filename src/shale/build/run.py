@@ -34,6 +34,7 @@ from shale.record import record
 
 if TYPE_CHECKING:
     from shale.build.context import Context
+    from shale.build.secrets import Session
     from shale.engine import Engine
 
 # ---- running -------------------------------------------------------------------------------
@@ -49,6 +50,7 @@ class RunRequest:
     source_image: Callable[[str], Image | None]   # --mount from= (stage, index or image)
     quiet: bool = False
     adopt: bool = False          # the container is removed after: reuse its layer dir
+    session: Session | None = None  # build --secret / --ssh
 
 
 @record
@@ -70,15 +72,44 @@ def execute(engine: Engine, req: RunRequest) -> RunResult:
             (d / name).write_bytes(data)
             os.chmod(d / name, 0o755)
             volumes.append(f"{d}:{PIPES}:ro")
+        env = list(req.env)
         for m in req.mounts:
             target = posixpath.normpath(posixpath.join(req.workdir or "/", m.target))
             if m.type == "tmpfs":
                 tmpfs.append(f"{target}:size={m.size}" if m.size else target)
                 continue
+            if m.type in ("secret", "ssh"):
+                volumes += _session_mount(req, m, target, env, stack)
+                continue
             host = _mount_source(engine, req, m, stack)
             ro = m.readonly if m.readonly is not None else m.type == "bind"
             volumes.append(f"{host}:{target}:ro" if ro else f"{host}:{target}")
-        return _run_container(engine, req, volumes, tmpfs)
+        return _run_container(engine, req, volumes, tmpfs, env)
+
+
+def _session_mount(req: RunRequest, m: MountSpec, target: str, env: list[str],
+                   stack: contextlib.ExitStack) -> list[str]:
+    """A secret (a private tmpfs file, read-only, and/or a variable) or an ssh agent's
+    socket (plus ``SSH_AUTH_SOCK``); nothing when the build was not given it and the
+    mount is not ``required``, as BuildKit."""
+    from shale.build.secrets import Session, private_dir, secret_file
+
+    session = req.session or Session()
+    if m.type == "ssh":
+        sock = session.agent(m.id, m.required)
+        if sock is None:
+            return []
+        env.append(f"SSH_AUTH_SOCK={target}")
+        return [f"{sock}:{target}"]
+    data = session.secret(m.id, m.required)
+    if data is None:
+        return []
+    if m.env:
+        env.append(f"{m.env}={data.decode(errors='surrogateescape')}")
+    if not m.target:
+        return []
+    tmp = Path(stack.enter_context(private_dir()))
+    return [f"{secret_file(data, m.mode, m.uid, m.gid, tmp)}:{target}:ro"]
 
 
 def _mount_source(engine: Engine, req: RunRequest, m: MountSpec,
@@ -160,14 +191,14 @@ def _output(quiet: bool) -> Iterator[io.BytesIO | None]:
             wrapper.detach()  # the buffer outlives the wrapper
 
 
-def _run_container(engine: Engine, req: RunRequest, volumes: list[str], tmpfs: list[str]
-                   ) -> RunResult:
+def _run_container(engine: Engine, req: RunRequest, volumes: list[str], tmpfs: list[str],
+                   env: list[str]) -> RunResult:
     from shale import attach
     from shale.container_ops import RunOptions, create, start, wait_stopped
     from shale.monitor_spawn import read_status
 
     opts = RunOptions(image=req.parent.id.value, cmd=req.command.argv, entrypoint="",
-                      env=req.env, network=req.network or "default",  # docker's: the bridge
+                      env=env, network=req.network or "default",  # docker's: the bridge
                       volumes=volumes, tmpfs=tmpfs, attach_stdio=True)
     c = create(engine, opts)
     if not req.quiet:

@@ -57,12 +57,16 @@ class MountSpec:
     uid: int = 0
     gid: int = 0
     size: str = ""
+    required: bool = False           # secret/ssh: fail when the build was not given it
+    env: str = ""                    # secret: also (or only) as this environment variable
     extra: dict[str, str] = field(default_factory=dict)
 
     def key(self) -> str:
         """The mount's part of the step's cache key (a cache mount's content is not)."""
-        return f"{self.type},{self.target},{self.source},{self.src_from},{self.readonly}," \
-               f"{self.id},{self.sharing},{self.mode:o},{self.uid},{self.gid},{self.size}"
+        key = f"{self.type},{self.target},{self.source},{self.src_from},{self.readonly}," \
+              f"{self.id},{self.sharing},{self.mode:o},{self.uid},{self.gid},{self.size}"
+        # a secret's value never is: BuildKit leaves it out too, so rotating one reuses
+        return key + f",{self.required},{self.env}" if self.type in ("secret", "ssh") else key
 
 
 _KEYS = {"type", "target", "dst", "destination", "source", "src", "from", "ro", "readonly",
@@ -83,6 +87,7 @@ def parse_mount(text: str, expand: Callable[[str], str]) -> MountSpec:
     import csv  # only for RUN --mount: 0.5 ms off every cached build
 
     fields = next(csv.reader([text]), [])
+    mode_set = False
     for f in fields:
         key, sep, raw = f.partition("=")
         key = key.strip().lower()
@@ -112,6 +117,11 @@ def parse_mount(text: str, expand: Callable[[str], str]) -> MountSpec:
                 m.mode = int(value or "", 8)
             except ValueError:
                 raise DockerfileError(f"invalid value for mode: {value}") from None
+            mode_set = True
+        elif key == "required":
+            m.required = _bool(key, value)
+        elif key == "env":
+            m.env = value or ""
         elif key in ("uid", "gid"):
             try:
                 setattr(m, key, int(value or ""))
@@ -124,11 +134,35 @@ def parse_mount(text: str, expand: Callable[[str], str]) -> MountSpec:
     if m.type not in ("bind", "cache", "tmpfs", "secret", "ssh"):
         raise DockerfileError(f"unsupported mount type \"{m.type}\"")
     if m.type in ("secret", "ssh"):
-        raise DockerfileError(f"RUN --mount=type={m.type} is not supported: shale has no "
-                              f"{m.type} store to take it from (pass what the step needs "
-                              "with a bind or cache mount instead)")
-    if not m.target:
+        _secret_defaults(m, mode_set)
+    elif m.env:
+        raise DockerfileError(f"unexpected key 'env' for a {m.type} mount")
+    if not m.target and not m.env:
         raise DockerfileError("mount destination (target) is required")
     if m.type == "tmpfs" and (m.source or m.src_from):
         raise DockerfileError("tmpfs mounts take no source or from")
     return m
+
+
+def _secret_defaults(m: MountSpec, mode_set: bool) -> None:
+    """BuildKit's defaults: a secret is ``/run/secrets/<id>`` (0400), the id defaulting to
+    the target's base name; an ssh agent socket is ``/run/buildkit/ssh_agent.0`` (0600)
+    for the ``default`` id. A secret with ``env=`` and no target is only a variable."""
+    if m.source or m.src_from:
+        raise DockerfileError(f"{m.type} mounts take no source or from")
+    if m.type == "secret":
+        if not m.id:
+            if not m.target:
+                raise DockerfileError("one of source, target required")
+            m.id = posixpath.basename(m.target)
+        if not m.target and not m.env:
+            m.target = f"/run/secrets/{m.id}"
+        mode = 0o400
+    else:
+        if m.env:
+            raise DockerfileError("unexpected key 'env' for an ssh mount")
+        m.id = m.id or "default"
+        m.target = m.target or "/run/buildkit/ssh_agent.0"
+        mode = 0o600
+    if not mode_set:
+        m.mode = mode

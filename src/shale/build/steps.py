@@ -24,6 +24,7 @@ from shale.errors import DockerfileError
 
 if TYPE_CHECKING:
     from shale.build.builder import Builder, StageState
+    from shale.build.remote import Download
 
 
 def dispatch(b: Builder, st: StageState, instr: Instruction) -> None:
@@ -191,6 +192,8 @@ def copy(b: Builder, st: StageState, instr: Instruction) -> None:
         else:
             srcs.append(b.expand_word(instr, raw, env))
     _check_remote(instr, srcs)
+    urls = [x for x in srcs if _is_remote(x)]
+    srcs = [x for x in srcs if not _is_remote(x)]
     chown = b.expand_word(instr, instr.flag("chown"), env)
     chmod = b.expand_word(instr, instr.flag("chmod"), env)
     ref = instr.flag("from")
@@ -206,8 +209,11 @@ def copy(b: Builder, st: StageState, instr: Instruction) -> None:
             ctx = Context(view, owned=True) if view is not None else _empty_context(stack)
         what = f"{instr.keyword} failed"
         sources: list[Source] = [s for src in srcs for s in ctx.lookup(src, what)]
-        text = hist.copy_text(instr.cmd, summary(ctx, sources, inline), dest, chown, chmod)
-        files = ctx.file_sums(sources)
+        downloads = _download(urls, instr.flag("checksum"), stack)
+        text = hist.copy_text(instr.cmd, summary(ctx, sources, inline,
+                                                 [d.hash for d in downloads]),
+                              dest, chown, chmod)
+        files = ctx.file_sums(sources) | {d.url: d.digest for d in downloads}
         files |= {f"<<{d.name}": hashlib.sha256(d.data).hexdigest() for d in inline}
         inputs = StepInputs(instr.cmd, instr.original, text, files=files,
                             extra={"from": src_id, "workdir": workdir,
@@ -220,7 +226,7 @@ def copy(b: Builder, st: StageState, instr: Instruction) -> None:
 
         plan = CopyPlan(instr.cmd, ctx, sources, dest, workdir, None,
                         parse_chmod(chmod) if chmod else None, bool(ref) and not chown,
-                        inline, extract)
+                        inline, extract, [d.source for d in downloads])
         with image_view(b.engine, st.image) as dest_view:
             if chown:
                 plan.chown = lookup_ids(dest_view, chown)
@@ -244,21 +250,33 @@ def _empty_context(stack: contextlib.ExitStack) -> Context:
     return Context(Path(stack.enter_context(tempfile.TemporaryDirectory())), owned=True)
 
 
+def _is_remote(src: str) -> bool:
+    return src.startswith(("http://", "https://"))
+
+
 def _check_remote(instr: Instruction, srcs: list[str]) -> None:
     for s in srcs:
-        remote = s.startswith(("http://", "https://"))
+        remote = _is_remote(s)
         git = s.startswith(("git@", "git://")) or (remote and s.split("#")[0].endswith(".git"))
         if instr.cmd == "copy" and (remote or git):
             raise DockerfileError(f"source can't be a URL for COPY: {s}")
         if git:
-            raise DockerfileError(f"ADD {s}: git sources are not supported: shale builds "
-                                  "have no network access to clone them")
-        if remote:
-            raise DockerfileError(f"ADD {s}: remote sources are not supported: shale builds "
-                                  "have no network access to fetch them (download the file "
-                                  "into the build context and ADD or COPY it from there)")
-    if instr.flag("checksum"):
+            raise DockerfileError(f"ADD {s}: git sources are not supported (clone the "
+                                  "repository into the build context and COPY it)")
+    if instr.flag("checksum") and not (srcs and all(_is_remote(s) for s in srcs)):
         raise DockerfileError("checksum can't be specified for non-HTTP(S) sources")
+
+
+def _download(urls: list[str], checksum: str, stack: contextlib.ExitStack) -> list[Download]:
+    if not urls:
+        return []
+    import tempfile
+    from pathlib import Path
+
+    from shale.build.remote import fetch
+
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shale-remote-")))
+    return [fetch(u, tmp, checksum) for u in urls]
 
 
 # ---- RUN -----------------------------------------------------------------------------------
@@ -296,7 +314,8 @@ def run(b: Builder, st: StageState, instr: Instruction) -> None:
 
     req = RunRequest(st.image, cmd, [f"{k}={v}" for k, v in {**allowed, **proxies}.items()],
                      network, st.config.get("WorkingDir") or "", mounts, b.ctx,
-                     lambda ref: b.stage_image(ref, st), b.opts.quiet, adopt=b.opts.rm)
+                     lambda ref: b.stage_image(ref, st), b.opts.quiet, adopt=b.opts.rm,
+                     session=b.opts.session)
     res = execute(b.engine, req)
     if res.code != 0:
         if b.opts.force_rm:

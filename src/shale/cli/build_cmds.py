@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from shale.errors import InvalidArgument
 
 if TYPE_CHECKING:
+    from shale.build.secrets import Session
     from shale.engine import Engine
 
 
@@ -31,6 +32,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--explain", action="store_true",
                    help="say why each step missed the cache")
     p.add_argument("--platform", default="")
+    p.add_argument("--secret", action="append", default=[],
+                   help="id=ID[,src=PATH|env=VAR]: for RUN --mount=type=secret")
+    p.add_argument("--ssh", action="append", default=[],
+                   help="default|ID=SOCKET: an ssh agent for RUN --mount=type=ssh")
     p.add_argument("context", metavar="PATH|-")
     p.set_defaults(handler=cmd_build)
 
@@ -41,6 +46,15 @@ def _pairs(items: list[str]) -> dict[str, str | None]:
         k, sep, v = a.partition("=")
         out[k] = v if sep else None
     return out
+
+
+def _session(ns: argparse.Namespace) -> Session | None:
+    if not ns.secret and not ns.ssh:
+        return None
+    from shale.build.secrets import Session, parse_secret, parse_ssh
+
+    return Session({(s := parse_secret(x)).id: s for x in ns.secret},
+                   dict(parse_ssh(x) for x in ns.ssh))
 
 
 def cmd_build(engine: Engine, ns: argparse.Namespace) -> int:
@@ -80,7 +94,7 @@ def cmd_build(engine: Engine, ns: argparse.Namespace) -> int:
                             network=ns.network, rm=ns.rm.lower() != "false",
                             force_rm=ns.force_rm,
                             explain=ns.explain or ns.progress == "plain",
-                            platform=ns.platform)
+                            platform=ns.platform, session=_session(ns))
         try:
             image = Builder(engine, ctx, df, opts).build()
         except BuildFailed as e:
