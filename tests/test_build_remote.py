@@ -212,10 +212,16 @@ def test_secrets_reach_the_step_and_never_the_image(sh: Shale, tmp_path: Path,
     assert "Running in" not in again
 
 
-def test_secret_errors(sh: Shale, tmp_path: Path) -> None:
+def test_secret_errors(sh: Shale, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     df = "FROM busybox\nRUN --mount=type=secret,id=must,required cat /run/secrets/must\n"
     res = build(sh, tmp_path, df, {}, "-t", "req")
     assert res.code == 1 and "secret must: not found" in res.err
+    # a failed step's container is kept for debugging, but not one holding a secret variable
+    monkeypatch.setenv("SHALE_TEST_E", "hidden-value")
+    res = build(sh, tmp_path / "1", "FROM busybox\nRUN --mount=type=secret,id=e,env=E false\n",
+                {}, "--secret", "id=e,env=SHALE_TEST_E")
+    assert res.code == 1 and "returned a non-zero code: 1" in res.err
+    assert sh.ok("ps", "-aq") == ""
     res = build(sh, tmp_path / "2", "FROM busybox\nRUN true\n", {}, "--secret",
                 f"id=x,src={tmp_path}/nope")
     assert res.code == 1 and "failed to stat" in res.err

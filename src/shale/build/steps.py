@@ -318,7 +318,8 @@ def run(b: Builder, st: StageState, instr: Instruction) -> None:
                      session=b.opts.session)
     res = execute(b.engine, req)
     if res.code != 0:
-        if b.opts.force_rm:
+        # a kept container would keep a secret variable in its config: not that one
+        if b.opts.force_rm or any(m.type == "secret" and m.env for m in mounts):
             b.say(f"Removing intermediate container {res.container[:12]}")
             remove_container(b.engine, res.container)
         raise run_failed(cmd.argv, res.code, st.image, res.container, res.output)
