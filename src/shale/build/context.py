@@ -11,6 +11,7 @@ image (``COPY --from``) hash with their real owners, which the copy preserves.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import functools
 import hashlib
@@ -27,6 +28,7 @@ from shale.errors import DockerfileError, InvalidArgument
 from shale.record import record
 
 if TYPE_CHECKING:
+    from shale.dockerfile import Matcher
     from shale.fsroot import Root
 
 
@@ -69,6 +71,19 @@ class Context:
         self._sums: dict[str, str | None] = {}
         self._walks: dict[tuple[str, str], list[Source]] = {}
         self._inodes: dict[tuple[int, int], str] | None = None
+        self.exclude: Matcher | None = None  # COPY/ADD --exclude, relative to each source
+
+    def excluding(self, patterns: list[str]) -> Context:
+        """This context as one ``COPY --exclude=...`` sees it (BuildKit 1.19): patterns in
+        ``.dockerignore`` syntax, matched against paths relative to each copied directory
+        (and, for a source a wildcard matched, its path in the context)."""
+        from shale.dockerfile import Matcher
+
+        view = copy.copy(self)
+        view.exclude = Matcher(patterns)
+        view._walks = {}
+        view._sums = self._sums  # a file's sum does not depend on what else is copied
+        return view
 
     @classmethod
     def open(cls, root: Path, dockerfile: Path | None) -> Context:
@@ -172,10 +187,20 @@ class Context:
         key = (src.rel, str(src.path))
         found = self._walks.get(key)
         if found is None:
-            found = self._walks[key] = list(self._walk(src))
+            found = self._walks[key] = list(self._walk(src, src.rel))
         return found
 
-    def _walk(self, src: Source) -> Iterator[Source]:
+    def _skipped(self, rel: str, top: str) -> tuple[bool, bool]:
+        """(not copied, and nothing below it can be either) for an entry below ``top``."""
+        if self.ignored(rel):
+            return True, self.matcher.may_skip_dir(rel)
+        if self.exclude is not None:
+            below = rel[len(top) + 1:] if top else rel
+            if self.exclude.matches(below):
+                return True, self.exclude.may_skip_dir(below)
+        return False, False
+
+    def _walk(self, src: Source, top: str) -> Iterator[Source]:
         yield src
         if not stat.S_ISDIR(src.st.st_mode):
             return
@@ -187,14 +212,15 @@ class Context:
             rel = posixpath.join(src.rel, entry.name) if src.rel else entry.name
             st = entry.stat(follow_symlinks=False)
             child = Source(rel, Path(entry.path), st, entry.name)
-            if self.ignored(rel):
-                if not stat.S_ISDIR(st.st_mode) or self.matcher.may_skip_dir(rel):
+            skipped, whole = self._skipped(rel, top)
+            if skipped:
+                if not stat.S_ISDIR(st.st_mode) or whole:
                     continue
                 # an excluded dir with possible exceptions below: walk without yielding it
-                yield from (s for s in self._walk(child) if s.rel != rel
-                            and not self.ignored(s.rel))
+                yield from (s for s in self._walk(child, top) if s.rel != rel
+                            and not self._skipped(s.rel, top)[0])
                 continue
-            yield from self._walk(child)
+            yield from self._walk(child, top)
 
     # ---- hashes --------------------------------------------------------------------------
     def file_sum(self, s: Source) -> str | None:
@@ -221,7 +247,7 @@ class Context:
             return ""
         if self._inodes is None:  # once, and only for contexts that have hard links
             self._inodes = {}
-            for x in self._walk(Source("", self.root, os.lstat(self.root))):
+            for x in self._walk(Source("", self.root, os.lstat(self.root)), ""):
                 if stat.S_ISREG(x.st.st_mode) and x.st.st_nlink > 1:
                     self._inodes.setdefault((x.st.st_dev, x.st.st_ino), x.rel)
         first = self._inodes.get((s.st.st_dev, s.st.st_ino), s.rel)

@@ -170,7 +170,7 @@ def workdir(b: Builder, st: StageState, instr: Instruction) -> None:
 
 
 # ---- COPY / ADD ----------------------------------------------------------------------------
-_UNSUPPORTED = ("parents", "exclude", "keep-git-dir")
+_UNSUPPORTED = ("parents", "keep-git-dir")
 
 
 def copy(b: Builder, st: StageState, instr: Instruction) -> None:
@@ -208,7 +208,10 @@ def copy(b: Builder, st: StageState, instr: Instruction) -> None:
             view = stack.enter_context(image_view(b.engine, img))
             ctx = Context(view, owned=True) if view is not None else _empty_context(stack)
         what = f"{instr.keyword} failed"
-        sources: list[Source] = [s for src in srcs for s in ctx.lookup(src, what)]
+        excludes = [b.expand_word(instr, x, env) for x in instr.flags.get("exclude", [])]
+        if excludes:
+            ctx = ctx.excluding(excludes)
+        sources: list[Source] = [s for src in srcs for s in _lookup(ctx, src, what)]
         downloads = _download(urls, instr.flag("checksum"), stack)
         text = hist.copy_text(instr.cmd, summary(ctx, sources, inline,
                                                  [d.hash for d in downloads]),
@@ -217,7 +220,8 @@ def copy(b: Builder, st: StageState, instr: Instruction) -> None:
         files |= {f"<<{d.name}": hashlib.sha256(d.data).hexdigest() for d in inline}
         inputs = StepInputs(instr.cmd, instr.original, text, files=files,
                             extra={"from": src_id, "workdir": workdir,
-                                   "unpack": str(extract)})
+                                   "unpack": str(extract)}
+                            | ({"exclude": "\n".join(excludes)} if excludes else {}))
         key, hit = b.probe(st, inputs)
         if hit is not None:
             return
@@ -233,6 +237,18 @@ def copy(b: Builder, st: StageState, instr: Instruction) -> None:
             layer = write_layer(b.engine, plan_layer(plan, dest_view))
         created_by = f"{' '.join(st.shell)} #(nop) {text}"
         b.publish(st, key, inputs, created_by, hist.nop_probe_one(st.shell, text), layer)
+
+
+def _lookup(ctx: Context, src: str, what: str) -> list[Source]:
+    """A source's matches; with ``--exclude``, those a wildcard matched are dropped when
+    the patterns match their path (a source named in full is always copied)."""
+    found = ctx.lookup(src, what)
+    if ctx.exclude is None or not any(c in src for c in "*?["):
+        return found
+    kept = [s for s in found if not ctx.exclude.matches(s.rel)]
+    if not kept:
+        raise DockerfileError(f"{what}: no source files were specified")
+    return kept
 
 
 def _inline(doc: Heredoc, env: dict[str, str]) -> Inline:
