@@ -563,23 +563,3 @@ def test_run_layer_size_counted_as_the_tar_is_written(sh: Shale, tmp_path: Path)
     assert inspect(sh, "sized")["Size"] - inspect(sh, "busybox")["Size"] == 3_000_000 + 5 + 13
     assert_top_layer_sized(sh, "sized")
 
-
-def test_copy_exclude(sh: Shale, tmp_path: Path) -> None:
-    """BuildKit's ``--exclude`` (dockerfile 1.19): .dockerignore patterns relative to each
-    copied directory; a wildcard's matches are filtered by their context path."""
-    spec: Spec = {"app/main.py": b"m", "app/x.pyc": b"c", "app/sub/y.pyc": b"c",
-                  "app/node_modules/dep/i.js": b"d", "app/keep.md": b"k", "home.txt": b"h",
-                  "homer.md": b"r"}
-    df = ("FROM busybox\nCOPY --exclude=*.pyc --exclude=node_modules app /a/\n"
-          "COPY --exclude=**/*.pyc --exclude=*.md app /b/\n"
-          "COPY --exclude=*.txt hom* /c/\n")
-    ok(build(sh, tmp_path, df, spec, "-t", "ex"))
-    found = sh.ok("run", "--rm", "ex", "find", "/a", "/b", "/c", "-type", "f").split()
-    assert sorted(found) == ["/a/keep.md", "/a/main.py", "/a/sub/y.pyc", "/b/main.py",
-                             "/b/node_modules/dep/i.js", "/c/homer.md"]
-    # the patterns are in the cache key; an excluded file's change is not
-    (tmp_path / "ctx" / "app" / "x.pyc").write_bytes(b"changed")
-    assert ok(sh("build", "-q", "-t", "ex2", str(tmp_path / "ctx"))) == \
-        sh.ok("image", "inspect", "-f", "{{.Id}}", "ex")
-    res = build(sh, tmp_path / "2", "FROM busybox\nCOPY --exclude=* f* /d/\n", {"f1": b"1"})
-    assert res.code == 1 and "no source files were specified" in res.err

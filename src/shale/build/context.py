@@ -129,13 +129,21 @@ class Context:
         path component) relative to the root; ``..`` and a leading ``/`` are clamped to
         it, as docker does. Symlinks on the way, and a symlink source itself, are followed
         inside the root (a link can never lead out of it)."""
+        return [src for _, src in self.lookup_paths(pattern, what)]
+
+    def lookup_paths(self, pattern: str, what: str, *, doublestar: bool = False
+                     ) -> list[tuple[str, Source]]:
+        """``lookup``, with the path each source was matched under (before symlinks are
+        followed); ``doublestar``: a ``**`` component matches any number of directories
+        (``COPY --parents``)."""
         from shale.fsroot import Root
 
         rel = posixpath.normpath("/" + pattern).lstrip("/")
         rel = "" if rel == "." else rel
         with Root(self.root) as r:
             if _has_glob(rel):
-                found = [x for x in (self._source(r, m) for m in self._glob(r, rel)) if x]
+                found = [(m, x) for m in self._glob(r, rel, doublestar)
+                         if (x := self._source(r, m))]
                 if not found:
                     raise DockerfileError(f"{what}: no source files were specified")
                 return found
@@ -143,7 +151,7 @@ class Context:
         if src is None:
             raise DockerfileError(f"{what}: file not found in build context or excluded by "
                                   f".dockerignore: stat {rel or '.'}: file does not exist")
-        return [src]
+        return [(rel, src)]
 
     def _source(self, r: Root, rel: str) -> Source | None:
         """``rel`` followed inside the root; None if missing or ignored."""
@@ -159,7 +167,7 @@ class Context:
         return Source(real, self.root / real if real else self.root, st,
                       posixpath.basename(rel))
 
-    def _glob(self, r: Root, rel: str) -> list[str]:
+    def _glob(self, r: Root, rel: str, doublestar: bool = False) -> list[str]:
         """Paths matching ``rel`` (Go's filepath.Match per component: ``*`` matches a
         leading dot too, ``[^...]`` negates), sorted."""
         bases = [""]
@@ -168,6 +176,9 @@ class Context:
             for b in bases:
                 if not _has_glob(part):
                     nxt.append(posixpath.join(b, part) if b else part)
+                    continue
+                if part == "**" and doublestar:
+                    nxt += self._subdirs(r, b)
                     continue
                 real = r.resolve(b).lstrip("/") if b else ""
                 try:
@@ -179,6 +190,23 @@ class Context:
                         if fnmatch.fnmatchcase(n, pat)]
             bases = nxt
         return sorted(bases)
+
+    def _subdirs(self, r: Root, base: str) -> list[str]:
+        """``base`` and every directory below it that is not ignored (``**``)."""
+        out, todo = [], [base]
+        while todo:
+            cur = todo.pop()
+            out.append(cur)
+            real = r.resolve(cur).lstrip("/") if cur else ""
+            try:
+                entries = list(os.scandir(self.root / real if real else self.root))
+            except (NotADirectoryError, FileNotFoundError, PermissionError):
+                continue
+            for e in entries:
+                path = posixpath.join(cur, e.name) if cur else e.name
+                if e.is_dir(follow_symlinks=False) and not self.ignored(path):
+                    todo.append(path)
+        return sorted(out)
 
     def walk(self, src: Source) -> list[Source]:
         """The source and, for a directory, everything below it that is not ignored, in

@@ -60,6 +60,7 @@ class CopyPlan:
     inline: list[Inline] = field(default_factory=list)
     extract: bool = False             # ADD: unpack local tar archives
     remote: list[Source] = field(default_factory=list)  # ADD: downloaded files, as they are
+    placed: dict[str, tuple[str, str]] | None = None  # --parents: source -> (pivot, below)
 
 
 @record
@@ -212,7 +213,9 @@ def plan_layer(plan: CopyPlan, view: Path | None) -> _Layer:
     dest_is_dir = as_dir or (st is not None and stat.S_ISDIR(st.st_mode))
     base = real_dest.strip("/")
     for src in plan.sources:
-        if plan.extract and stat.S_ISREG(src.st.st_mode) and is_tar(src.path):
+        if plan.placed is not None:
+            _place(layer, plan, src, base)
+        elif plan.extract and stat.S_ISREG(src.st.st_mode) and is_tar(src.path):
             layer.mkdirs(base, chowned=False)
             layer.archives.append((src.path, base))
         elif src.is_dir:
@@ -238,6 +241,30 @@ def plan_layer(plan: CopyPlan, view: Path | None) -> _Layer:
         mode = plan.chmod(0o644, False) if plan.chmod else 0o644
         layer.entries[arc] = _Entry(tw.REG, mode, uid, gid, 0, len(doc.data), data=doc.data)
     return layer
+
+
+def _place(layer: _Layer, plan: CopyPlan, src: Source, base: str) -> None:
+    """``--parents``: the source at its own path under the destination; the directories
+    on the way are copies of the source's (mode, owner, mtime), as BuildKit makes them."""
+    assert plan.placed is not None
+    pivot, sub = plan.placed[src.rel]
+    parts = [x for x in sub.split("/") if x not in ("", ".")]
+    layer.mkdirs(base)
+    for i in range(1, len(parts)):
+        arc = posixpath.join(base, *parts[:i])
+        if arc not in layer.entries:
+            _, st = resolve_in(plan.ctx.root, posixpath.join("/", pivot, *parts[:i]))
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                layer.add(arc, Source("", plan.ctx.root, st, parts[i - 1]))
+    target = posixpath.join(base, *parts) if parts else base
+    layer.mkdirs(posixpath.dirname(target))
+    if target != base or not src.is_dir:
+        layer.add(target, src)
+    if src.is_dir:
+        inodes: dict[tuple[int, int], str] = {}
+        for s in plan.ctx.walk(src)[1:]:
+            rel = posixpath.relpath(s.rel, src.rel) if src.rel else s.rel
+            layer.add(posixpath.join(target, rel) if target else rel, s, inodes)
 
 
 def mkdir_layer(engine: Engine, view: Path | None, real: str) -> LayerRecord:

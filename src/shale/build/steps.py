@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import posixpath
 from typing import TYPE_CHECKING
 
 from shale.build import history as hist
@@ -170,7 +171,7 @@ def workdir(b: Builder, st: StageState, instr: Instruction) -> None:
 
 
 # ---- COPY / ADD ----------------------------------------------------------------------------
-_UNSUPPORTED = ("parents", "keep-git-dir")
+_UNSUPPORTED = ("keep-git-dir",)
 
 
 def copy(b: Builder, st: StageState, instr: Instruction) -> None:
@@ -211,7 +212,10 @@ def copy(b: Builder, st: StageState, instr: Instruction) -> None:
         excludes = [b.expand_word(instr, x, env) for x in instr.flags.get("exclude", [])]
         if excludes:
             ctx = ctx.excluding(excludes)
-        sources: list[Source] = [s for src in srcs for s in _lookup(ctx, src, what)]
+        parents = instr.flag("parents").lower() == "true"
+        placed: dict[str, tuple[str, str]] = {}  # --parents: source -> (pivot, path below)
+        sources: list[Source] = [s for src in srcs
+                                 for s in _lookup(ctx, src, what, placed if parents else None)]
         downloads = _download(urls, instr.flag("checksum"), stack)
         text = hist.copy_text(instr.cmd, summary(ctx, sources, inline,
                                                  [d.hash for d in downloads]),
@@ -221,7 +225,8 @@ def copy(b: Builder, st: StageState, instr: Instruction) -> None:
         inputs = StepInputs(instr.cmd, instr.original, text, files=files,
                             extra={"from": src_id, "workdir": workdir,
                                    "unpack": str(extract)}
-                            | ({"exclude": "\n".join(excludes)} if excludes else {}))
+                            | ({"exclude": "\n".join(excludes)} if excludes else {})
+                            | ({"parents": repr(sorted(placed.values()))} if parents else {}))
         key, hit = b.probe(st, inputs)
         if hit is not None:
             return
@@ -230,7 +235,8 @@ def copy(b: Builder, st: StageState, instr: Instruction) -> None:
 
         plan = CopyPlan(instr.cmd, ctx, sources, dest, workdir, None,
                         parse_chmod(chmod) if chmod else None, bool(ref) and not chown,
-                        inline, extract, [d.source for d in downloads])
+                        inline, extract, [d.source for d in downloads],
+                        placed if parents else None)
         with image_view(b.engine, st.image) as dest_view:
             if chown:
                 plan.chown = lookup_ids(dest_view, chown)
@@ -239,16 +245,26 @@ def copy(b: Builder, st: StageState, instr: Instruction) -> None:
         b.publish(st, key, inputs, created_by, hist.nop_probe_one(st.shell, text), layer)
 
 
-def _lookup(ctx: Context, src: str, what: str) -> list[Source]:
+def _lookup(ctx: Context, src: str, what: str, placed: dict[str, tuple[str, str]] | None
+            ) -> list[Source]:
     """A source's matches; with ``--exclude``, those a wildcard matched are dropped when
-    the patterns match their path (a source named in full is always copied)."""
-    found = ctx.lookup(src, what)
-    if ctx.exclude is None or not any(c in src for c in "*?["):
-        return found
-    kept = [s for s in found if not ctx.exclude.matches(s.rel)]
-    if not kept:
-        raise DockerfileError(f"{what}: no source files were specified")
-    return kept
+    the patterns match their path (a source named in full is always copied). With
+    ``--parents`` (``placed``), each match's path below the pivot (``/./``, else the
+    root) is recorded: it keeps that path under the destination, as ``cp --parents``."""
+    pivot = ""
+    if placed is not None:
+        head, sep, tail = src.lstrip("/").removeprefix("./").partition("/./")
+        if sep:
+            pivot, src = posixpath.normpath("/" + head).lstrip("/"), f"{head}/{tail}"
+    found = ctx.lookup_paths(src, what, doublestar=placed is not None)
+    if ctx.exclude is not None and any(c in src for c in "*?["):
+        found = [(m, s) for m, s in found if not ctx.exclude.matches(m)]
+        if not found:
+            raise DockerfileError(f"{what}: no source files were specified")
+    if placed is not None:
+        for matched, s in found:
+            placed[s.rel] = pivot, posixpath.relpath(matched, pivot) if pivot else matched
+    return [s for _, s in found]
 
 
 def _inline(doc: Heredoc, env: dict[str, str]) -> Inline:
