@@ -274,7 +274,7 @@ def test_rm_false_keeps_every_container(sh: Shale, tmp_path: Path) -> None:
      "than one source file, the destination must be a directory and end with a /"),
     ("FROM busybox\nENV X=${Y:?required}\n", "Dockerfile:2: failed to process "
      '"${Y:?required}": Y: required'),
-    ("FROM nosuchimage\n", "Dockerfile:1: pull access denied for nosuchimage"),
+    ("FROM nosuchimage\n", "Dockerfile:1: nosuchimage: not in this store, and pulling it failed"),
     ("FROM busybox\nCOPY --chown=nosuchuser a.txt /\n", "Dockerfile:2: unable to convert "
      "uid/gid chown string to host mapping: can't find uid for user nosuchuser"),
     ("FROM busybox\nCMD [\"a\", [\"nested\"]]\n", "Dockerfile:2: when using JSON array "

@@ -78,6 +78,7 @@ class BuildOptions:
     explain: bool = False
     platform: str = ""
     session: Session | None = None  # --secret, --ssh
+    pull: bool = False               # --pull: fetch every base image anew
 
 
 @record
@@ -250,13 +251,7 @@ class Builder:
         elif name.lower() == "scratch":
             image, desc = None, "scratch"
         else:
-            try:
-                image = self.engine.image(name)
-            except NotFound:
-                raise DockerfileError(
-                    f"{self.where(instr)}: pull access denied for {name}: the image is not "
-                    f"in this store and no registry is reachable; import or load it first"
-                ) from None
+            image = self._base_image(instr, name)
             desc = f"the base image {name}"
         base = dict(image.config.data) if image is not None else imaging.scratch_data()
         st = StageState(stage, image, base, imaging.stage_config(base), args, declared,
@@ -269,6 +264,33 @@ class Builder:
             self._onbuild(st, triggers)
         self.say(f" ---> {st.image.id.short}" if st.image is not None else " ---> ")
         return st
+
+    def _base_image(self, instr: Instruction, name: str) -> Image:
+        """The stage's base from the store, pulled from its registry when it is not there
+        (or always, with ``--pull``), as docker's builder does."""
+        if not self.opts.pull:
+            try:
+                return self.engine.image(name)
+            except NotFound:
+                pass
+        from shale.errors import ShaleError
+        from shale.refs import Reference
+        from shale.registry_http import insecure_from_config
+
+        try:
+            ref = Reference.parse(name)
+            if ref.digest is None:
+                ref = ref.with_default_tag()
+            self.say(f"{ref.tag or ref.digest}: Pulling from {ref.path}")
+            result = self.engine.pull(ref, platform=self.opts.platform or None,
+                                      insecure=tuple(insecure_from_config(self.engine.root)))[0]
+        except ShaleError as e:
+            raise DockerfileError(f"{self.where(instr)}: {name}: not in this store, and "
+                                  f"pulling it failed: {e}") from None
+        news = "Image is up to date" if result.up_to_date else "Downloaded newer image"
+        self.say(f"Digest: {result.repo_digest.rpartition('@')[2]}")
+        self.say(f"Status: {news} for {ref.familiar}")
+        return self.engine.image(str(ref))
 
     def _check_platform(self, instr: Instruction) -> None:
         want = instr.flag("platform") or self.opts.platform

@@ -71,6 +71,13 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message}\nSee '{self.prog} --help'.")
 
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if args is not None and "docker_bools" in self.__dict__:
+            from shale.cli.flags import rewrite
+
+            args = rewrite(self, args)
+        return super().parse_known_args(args, namespace)
+
     def _get_formatter(self) -> argparse.HelpFormatter:
         # argparse makes a formatter for every add_argument, each asking the terminal its
         # size (~2 ms of a `run`): ask once, the answer argparse would get each time

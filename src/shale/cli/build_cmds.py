@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shale.cli.flags import docker_bool
 from shale.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -20,14 +21,14 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("-f", "--file", default=None)
     p.add_argument("--build-arg", action="append", default=[])
     p.add_argument("--target", default="")
-    p.add_argument("--no-cache", action="store_true")
-    p.add_argument("--pull", nargs="?", const="true", default="false")
-    p.add_argument("-q", "--quiet", action="store_true")
+    docker_bool(p, "--no-cache", default=False)
+    docker_bool(p, "--pull", default=False)
+    docker_bool(p, "-q", "--quiet", default=False)
     p.add_argument("--iidfile", default=None)
     p.add_argument("--label", action="append", default=[])
     p.add_argument("--network", default="default")
-    p.add_argument("--rm", nargs="?", const="true", default="true")
-    p.add_argument("--force-rm", action="store_true")
+    docker_bool(p, "--rm", default=True)
+    docker_bool(p, "--force-rm", default=False)
     p.add_argument("--progress", default="auto", choices=["auto", "plain", "tty"])
     p.add_argument("--explain", action="store_true",
                    help="say why each step missed the cache")
@@ -91,10 +92,11 @@ def cmd_build(engine: Engine, ns: argparse.Namespace) -> int:
         opts = BuildOptions(tags=ns.tag, build_args=_pairs(ns.build_arg), target=ns.target,
                             no_cache=ns.no_cache, quiet=ns.quiet,
                             labels={k: v or "" for k, v in _pairs(ns.label).items()},
-                            network=ns.network, rm=ns.rm.lower() != "false",
+                            network=ns.network, rm=ns.rm,
                             force_rm=ns.force_rm,
                             explain=ns.explain or ns.progress == "plain",
-                            platform=ns.platform, session=_session(ns))
+                            platform=ns.platform, session=_session(ns),
+                            pull=ns.pull)
         try:
             image = Builder(engine, ctx, df, opts).build()
         except BuildFailed as e:

@@ -8,6 +8,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from shale.cli.flags import docker_bool
 from shale.errors import InvalidArgument, ShaleError
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("-m", "--message", default="")
     p.add_argument("-a", "--author", default="")
     p.add_argument("-c", "--change", action="append", default=[])
-    p.add_argument("-p", "--pause", nargs="?", const="true", default="true")
+    docker_bool(p, "-p", "--pause", default=True)
     p.add_argument("container")
     p.add_argument("repository", nargs="?", default=None)
     p.set_defaults(handler=cmd_commit)
@@ -469,7 +470,7 @@ def cmd_commit(engine: Engine, ns: argparse.Namespace) -> int:
 
     c = _store(engine).get(ns.container)
     iid = commit(engine, c, ref=ns.repository, message=ns.message, author=ns.author,
-                 changes=ns.change, pause=ns.pause.lower() not in ("false", "0"))
+                 changes=ns.change, pause=ns.pause)
     print(iid)
     return 0
 

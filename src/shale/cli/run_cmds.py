@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 
 
 def _bool_flag(p: argparse.ArgumentParser, *names: str, default: bool) -> None:
-    p.add_argument(*names, nargs="?", const="true", default=str(default).lower(),
-                   type=lambda v: v.lower() in ("true", "1", "yes"))
+    from shale.cli.flags import docker_bool
+
+    docker_bool(p, *names, default=default)
 
 
 def add_create_flags(p: argparse.ArgumentParser) -> None:
