@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -272,3 +273,46 @@ def test_podman_save_shale_load(cli: Cli, engine: Engine, podman: Run, tmp_path:
     assert engine.content.path(img.config.diff_ids[0]).read_bytes() == layer
     assert_image_valid(engine, img)
     assert engine.check() == []
+
+
+# ------------------------------------------------------------------------------ containerd
+@pytest.fixture
+def ctr() -> Iterator[Run]:
+    """containerd's ``ctr`` in a private namespace (removed at the end): needs the
+    containerd daemon CI starts for dockerd."""
+    run = _tool("ctr")
+    ns = f"shaletest-{os.getpid()}"
+    if run("version", check=False).returncode != 0:
+        pytest.skip("containerd is not running")
+    try:
+        yield lambda *args, check=True: run("-n", ns, *args, check=check)
+    finally:
+        for line in run("-n", ns, "images", "ls", "-q", check=False).stdout.decode().split():
+            run("-n", ns, "images", "rm", line, check=False)
+        run("-n", ns, "containers", "rm", "shaletest-ctr", check=False)
+        for _ in range(40):  # content is collected in the background: then it can go
+            if run("namespaces", "rm", ns, check=False).returncode == 0:
+                break
+            time.sleep(0.1)
+
+
+def test_containerd_imports_runs_and_exports_back(cli: Cli, engine: Engine, ctr: Run,
+                                                  busybox_tar: Path, tmp_path: Path) -> None:
+    image_id = cli.ok("import", "-c", 'CMD ["echo", "run by containerd"]', str(busybox_tar),
+                      "shaletest/ctr:1").strip()
+    archive = tmp_path / "s.tar"
+    cli.ok("save", "-o", str(archive), "shaletest/ctr:1")
+    ctr("images", "import", str(archive))
+    listing = ctr("images", "ls", "-q").stdout.decode().split()
+    assert listing == ["docker.io/shaletest/ctr:1"]
+    res = ctr("run", "--rm", "docker.io/shaletest/ctr:1", "shaletest-ctr")
+    assert res.stdout == b"run by containerd\n"
+    out = tmp_path / "ctr.tar"
+    ctr("images", "export", str(out), "docker.io/shaletest/ctr:1")
+    cli.ok("rmi", "shaletest/ctr:1")
+    assert cli.ok("load", "-i", str(out)) == "Loaded image: shaletest/ctr:1\n"
+    img = engine.image("shaletest/ctr:1")
+    assert img.id.value == image_id  # the same config bytes came back
+    assert_image_valid(engine, img)
+    if os.geteuid() == 0:
+        assert cli.ok("run", "--rm", "shaletest/ctr:1") == "run by containerd\n"
