@@ -256,3 +256,17 @@ def test_ssh_agent_socket(sh: Shale, tmp_path: Path) -> None:
     res = build(sh, tmp_path / "2", "FROM busybox\nRUN true\n", {}, "--ssh",
                 f"default={tmp_path}")
     assert res.code == 1 and "not an agent socket" in res.err
+
+
+@pytest.mark.parametrize(("url", "disposition", "name"), [
+    ("http://h/dir/file.tgz", "", "file.tgz"),
+    ("http://h/dir/", 'attachment; filename="named.bin"', "named.bin"),
+    ("http://h/a/..%2F..%2Fevil", "", "evil"),                 # never a path
+    ("http://h/x/", 'attachment; filename="../../etc/passwd"', "passwd"),
+    ("http://h/..", "", ""), ("http://h/%2e%2e", "", ""), ("http://h/a%00b", "", ""),
+    ("http://h/x/", 'attachment; filename=".."', ""), ("http://h/", "", ""),
+])
+def test_download_names_are_plain_file_names(url: str, disposition: str, name: str) -> None:
+    from shale.build.remote import _filename
+
+    assert _filename(url, disposition) == name

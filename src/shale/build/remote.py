@@ -111,7 +111,7 @@ def _filename(url: str, disposition: str) -> str:
     path = unquote(urlsplit(url).path)
     if path and not path.endswith("/"):
         base = posixpath.basename(path)
-        if base:
+        if base not in ("", ".", "..") and "\0" not in base:
             return base
     if disposition:
         from email.message import Message
@@ -120,7 +120,9 @@ def _filename(url: str, disposition: str) -> str:
         msg["content-disposition"] = disposition
         fname = msg.get_param("filename", header="content-disposition")
         if isinstance(fname, str) and fname and not fname.endswith("/"):
-            return posixpath.basename(fname.replace("\\", "/"))
+            base = posixpath.basename(fname.replace("\\", "/"))
+            if base not in (".", "..") and "\0" not in base:
+                return base
     return ""
 
 
