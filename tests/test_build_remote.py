@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
 import socket
 import tarfile
+import tempfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -190,8 +192,15 @@ def test_secrets_reach_the_step_and_never_the_image(sh: Shale, tmp_path: Path,
     secret = tmp_path / "tok.txt"
     secret.write_text("s3cr3t-value")
     monkeypatch.setenv("SHALE_TEST_TOKEN", "from-the-env")
+    # what a killed build left: a dead process's secret directory is removed
+    shm = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(tempfile.gettempdir())
+    stale = shm / "shale-secrets-999999999-x"
+    stale.mkdir(exist_ok=True)
+    (stale / "left").write_text("old secret")
     args = ("--secret", f"id=tok,src={secret}", "--secret", "id=fromenv,env=SHALE_TEST_TOKEN")
     out = ok(build(sh, tmp_path, SECRETS, {}, "-t", "sec", *args))
+    assert not stale.exists()
+    assert not [p for p in shm.glob(f"shale-secrets-{os.getpid()}-*")]  # ours are gone too
     assert "s3cr3t" not in out and "from-the-env" not in out
     assert cat(sh, "sec", "/st") == "400 0:0\n"
     assert cat(sh, "sec", "/copied") == "s3cr3t-value"  # the step copied it on purpose

@@ -134,6 +134,20 @@ def secret_file(data: bytes, mode: int, uid: int, gid: int, tmpdir: Path) -> Pat
 
 
 def private_dir() -> tempfile.TemporaryDirectory[str]:
+    """A 0700 directory for one step's secret files, named after this process so the
+    next build removes what a killed one left (``_sweep``)."""
     shm = "/dev/shm"
-    base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
-    return tempfile.TemporaryDirectory(prefix="shale-secrets-", dir=base)
+    base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
+    _sweep(base)
+    return tempfile.TemporaryDirectory(prefix=f"shale-secrets-{os.getpid()}-", dir=base)
+
+
+def _sweep(base: str) -> None:
+    import shutil
+
+    for name in os.listdir(base):
+        if not name.startswith("shale-secrets-"):
+            continue
+        pid = name.split("-")[2]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
