@@ -1,4 +1,5 @@
-"""Small file helpers: atomic output files."""
+"""Small file helpers: atomic output files, scratch directories a killed process's
+successor cleans up."""
 
 from __future__ import annotations
 
@@ -38,3 +39,34 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = Tru
     with atomic_output(path, durable) as f:
         f.write(data)
     os.chmod(path, mode)
+
+
+def scratch_dir(prefix: str, base: str | None = None) -> str:
+    """A new private directory ``<base>/<prefix><pid>-<random>`` (base: the temp dir).
+    Those of the same prefix whose process is gone (killed mid-build) are removed first,
+    unless something is mounted on them."""
+    import shutil
+    import tempfile
+
+    base = base or tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(base):
+            pid = name[len(prefix):].partition("-")[0]
+            if name.startswith(prefix) and pid.isdigit() and \
+                    not os.path.exists(f"/proc/{pid}"):
+                path = os.path.join(base, name)
+                if not os.path.ismount(path):
+                    shutil.rmtree(path, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=base)
+
+
+@contextlib.contextmanager
+def scratch(prefix: str, base: str | None = None) -> Iterator[str]:
+    """``scratch_dir``, removed at the end."""
+    import shutil
+
+    path = scratch_dir(prefix, base)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -19,12 +19,12 @@ import os
 import posixpath
 import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from shale.errors import DockerfileError, InvalidArgument
+from shale.fileutil import scratch_dir
 from shale.record import record
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ class Context:
         from shale.compression import decompressed
         from shale.layer_apply import apply_layer
 
-        tmp = Path(tempfile.mkdtemp(prefix="shale-context-"))
+        tmp = Path(scratch_dir("shale-context-"))
         try:
             _, stream = decompressed(src)
             apply_layer(stream, tmp, fmt="dir")

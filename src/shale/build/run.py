@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from shale.build.imaging import image_view
 from shale.build.runspec import PIPES, Command, MountSpec
 from shale.errors import DockerfileError
+from shale.fileutil import scratch
 from shale.images import Image, LayerRecord
 from shale.record import record
 
@@ -68,7 +69,7 @@ def execute(engine: Engine, req: RunRequest) -> RunResult:
         tmpfs: list[str] = []
         if req.command.script is not None:
             name, data = req.command.script
-            d = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shale-pipes-")))
+            d = Path(stack.enter_context(scratch("shale-pipes-")))
             (d / name).write_bytes(data)
             os.chmod(d / name, 0o755)
             volumes.append(f"{d}:{PIPES}:ro")
@@ -133,7 +134,7 @@ def _mount_source(engine: Engine, req: RunRequest, m: MountSpec,
                               "not found: not found")
     if m.readonly is False:
         # rw bind mounts are scratch space: writes go to a copy and are thrown away
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shale-rw-")))
+        tmp = Path(stack.enter_context(scratch("shale-rw-")))
         subprocess.run(["cp", "-a", f"{host}/." if host.is_dir() else str(host), str(tmp)],
                        check=True)
         return tmp if host.is_dir() else tmp / host.name

@@ -6,6 +6,7 @@ cache key or the build output.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -133,21 +134,11 @@ def secret_file(data: bytes, mode: int, uid: int, gid: int, tmpdir: Path) -> Pat
     return Path(name)
 
 
-def private_dir() -> tempfile.TemporaryDirectory[str]:
-    """A 0700 directory for one step's secret files, named after this process so the
-    next build removes what a killed one left (``_sweep``)."""
+def private_dir() -> contextlib.AbstractContextManager[str]:
+    """A 0700 directory for one step's secret files, on tmpfs when the host has one;
+    the next build removes what a killed one left."""
+    from shale.fileutil import scratch
+
     shm = "/dev/shm"
-    base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
-    _sweep(base)
-    return tempfile.TemporaryDirectory(prefix=f"shale-secrets-{os.getpid()}-", dir=base)
-
-
-def _sweep(base: str) -> None:
-    import shutil
-
-    for name in os.listdir(base):
-        if not name.startswith("shale-secrets-"):
-            continue
-        pid = name.split("-")[2]
-        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
-            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+    return scratch("shale-secrets-", shm if os.path.isdir(shm) and os.access(shm, os.W_OK)
+                   else None)

@@ -302,12 +302,12 @@ def _check_remote(instr: Instruction, srcs: list[str]) -> None:
 def _download(urls: list[str], checksum: str, stack: contextlib.ExitStack) -> list[Download]:
     if not urls:
         return []
-    import tempfile
     from pathlib import Path
 
     from shale.build.remote import fetch
+    from shale.fileutil import scratch
 
-    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shale-remote-")))
+    tmp = Path(stack.enter_context(scratch("shale-remote-")))
     return [fetch(u, tmp, checksum) for u in urls]
 
 
