@@ -38,6 +38,14 @@ def test_build_pulls_a_missing_base(cli: Cli, tmp_path: Path, registry: Registry
     assert "Pulling" not in fresh.ok("build", str(ctx))
     out = fresh.ok("build", "--pull", str(ctx))
     assert f"Status: Image is up to date for {base}" in out and "Using cache" in out
+    # COPY --from an image the store lacks pulls it too
+    other = f"{registry.host}/bp/other:2"
+    cli.ok("tag", base, other)
+    cli.ok("push", other)
+    (ctx / "Dockerfile").write_text(f"FROM {base}\nCOPY --from={other} /etc/passwd /p\n")
+    out = fresh.ok("build", "-t", "copied", str(ctx))
+    assert f"Status: Downloaded newer image for {other}" in out
+    assert fresh.ok("run", "--rm", "copied", "head", "-1", "/p").startswith("root:")
     # a base no registry has: the FROM line fails, nothing is tagged
     (ctx / "Dockerfile").write_text(f"FROM {registry.host}/bp/nope\nRUN true\n")
     res = fresh("build", "-t", "broken", str(ctx))

@@ -268,25 +268,29 @@ class Builder:
     def _base_image(self, instr: Instruction, name: str) -> Image:
         """The stage's base from the store, pulled from its registry when it is not there
         (or always, with ``--pull``), as docker's builder does."""
+        from shale.errors import ShaleError
+
+        try:
+            return self._image(name)
+        except ShaleError as e:
+            raise DockerfileError(f"{self.where(instr)}: {name}: not in this store, and "
+                                  f"pulling it failed: {e}") from None
+
+    def _image(self, name: str) -> Image:
         if not self.opts.pull:
             try:
                 return self.engine.image(name)
             except NotFound:
                 pass
-        from shale.errors import ShaleError
         from shale.refs import Reference
         from shale.registry_http import insecure_from_config
 
-        try:
-            ref = Reference.parse(name)
-            if ref.digest is None:
-                ref = ref.with_default_tag()
-            self.say(f"{ref.tag or ref.digest}: Pulling from {ref.path}")
-            result = self.engine.pull(ref, platform=self.opts.platform or None,
-                                      insecure=tuple(insecure_from_config(self.engine.root)))[0]
-        except ShaleError as e:
-            raise DockerfileError(f"{self.where(instr)}: {name}: not in this store, and "
-                                  f"pulling it failed: {e}") from None
+        ref = Reference.parse(name)
+        if ref.digest is None:
+            ref = ref.with_default_tag()
+        self.say(f"{ref.tag or ref.digest}: Pulling from {ref.path}")
+        result = self.engine.pull(ref, platform=self.opts.platform or None,
+                                  insecure=tuple(insecure_from_config(self.engine.root)))[0]
         news = "Image is up to date" if result.up_to_date else "Downloaded newer image"
         self.say(f"Digest: {result.repo_digest.rpartition('@')[2]}")
         self.say(f"Status: {news} for {ref.familiar}")
@@ -406,11 +410,13 @@ class Builder:
                     return self.built[s.index].image
                 raise DockerfileError(f"invalid from flag value {ref}: stage {s.index} is "
                                       "defined after this one")
+        from shale.errors import ShaleError
+
         try:
-            return self.engine.image(ref)
-        except NotFound:
-            raise DockerfileError(f"invalid from flag value {ref}: no stage of that name and "
-                                  "no such image in this store") from None
+            return self._image(ref)
+        except ShaleError as e:
+            raise DockerfileError(f"invalid from flag value {ref}: no stage of that name, not "
+                                  f"in this store, and pulling it failed: {e}") from None
 
 
 def arg_decls(instr: Instruction) -> list[tuple[str, str | None]]:
