@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 from shale import oci
@@ -150,7 +151,13 @@ class Builder:
 
     def _build(self) -> Image:
         from shale.build import steps
+        from shale.dockerfile import checks
 
+        cfg = checks.config(self.df.directives.get("check", ""),
+                            self.opts.build_args.get("BUILDKIT_DOCKERFILE_CHECK"))
+        found = checks.run(self.df, cfg)
+        if found and cfg.error:
+            raise checks.failure(self.df.filename, found)
         stages = self.needed_stages()
         self.total = sum(1 + len(s.instructions) for s in stages) + len(self.opts.labels)
         self.meta = self._meta_args()
@@ -172,10 +179,12 @@ class Builder:
             raise DockerfileError("the build produced no image: a scratch stage with no "
                                   "filesystem step")
         unused = sorted(a for a in self.opts.build_args if a not in self.consumed
-                        and a not in PROXY_ARGS)
+                        and a not in PROXY_ARGS and a != "BUILDKIT_DOCKERFILE_CHECK")
         if unused:
             self.say(f"[Warning] One or more build-args [{' '.join(unused)}] were not "
                      "consumed")
+        if found and not self.opts.quiet:  # BuildKit's build checks, after the build
+            print(checks.report(found), file=sys.stderr, flush=True)
         self.index.prune()
         return st.image
 
