@@ -11,6 +11,9 @@ from shale.cli.flags import docker_bool
 from shale.errors import InvalidArgument
 
 if TYPE_CHECKING:
+    from typing import BinaryIO
+
+    from shale.build.output import Output
     from shale.build.secrets import Session
     from shale.engine import Engine
 
@@ -33,6 +36,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--explain", action="store_true",
                    help="say why each step missed the cache")
     p.add_argument("--platform", default="")
+    p.add_argument("-o", "--output", default=None, metavar="DIR|-|type=...,dest=...",
+                   help="also export: a directory, a tar, or an archive (BuildKit's -o)")
     p.add_argument("--secret", action="append", default=[],
                    help="id=ID[,src=PATH|env=VAR]: for RUN --mount=type=secret")
     p.add_argument("--ssh", action="append", default=[],
@@ -59,6 +64,20 @@ def _session(ns: argparse.Namespace) -> Session | None:
 
 
 def cmd_build(engine: Engine, ns: argparse.Namespace) -> int:
+    from shale.build.output import parse as parse_output
+
+    out = parse_output(ns.output) if ns.output else None
+    if out is None or out.dest != "-":
+        return _build(engine, ns, out, None)
+    import contextlib
+
+    stdout = sys.stdout.buffer  # the tar's; the build's own output goes to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        return _build(engine, ns, out, stdout)
+
+
+def _build(engine: Engine, ns: argparse.Namespace, out: Output | None,
+           stdout: BinaryIO | None) -> int:
     from shale.build import Builder, BuildFailed, BuildOptions
     from shale.build.context import Context, dockerfile_path, read_dockerfile
     from shale.dockerfile import parse
@@ -105,6 +124,10 @@ def cmd_build(engine: Engine, ns: argparse.Namespace) -> int:
         ctx.close()
     for t in tags:
         engine.images.tag(image.id, t)
+    if out is not None:
+        from shale.build.output import export
+
+        export(engine, image, out, [str(t) for t in tags], stdout)
     if ns.iidfile:
         Path(ns.iidfile).write_text(image.id.value)
     if ns.quiet:
