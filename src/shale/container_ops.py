@@ -59,6 +59,7 @@ class RunOptions:
     publish_all: bool = False                             # -P
     expose: list[str] = field(default_factory=list)
     network_aliases: list[str] = field(default_factory=list)
+    extra_hosts: list[str] = field(default_factory=list)   # --add-host HOST:IP
     labels: dict[str, str] = field(default_factory=dict)
     runtime: str = "builtin"
     attach_stdio: bool = True
@@ -69,6 +70,25 @@ class RunOptions:
     cpu_shares: int = 0
     cpuset_cpus: str = ""
     pids_limit: int = 0      # <= 0: unlimited
+
+
+def _extra_host(text: str) -> str:
+    """``--add-host HOST:IP`` (or ``HOST=IP``; IP may be ``host-gateway``), as docker checks
+    it; kept as ``HOST:IP``."""
+    import ipaddress
+
+    sep = "=" if "=" in text else ":"
+    host, _, ip = text.partition(sep)
+    ip = ip.strip("[]")
+    try:
+        if not host or (ip != "host-gateway" and not ipaddress.ip_address(ip)):
+            raise ValueError
+    except ValueError:
+        raise InvalidArgument(f'invalid argument "{text}" for "--add-host" flag: invalid IP '
+                              f'address in add-host: "{ip}"' if host and ip else
+                              f'invalid argument "{text}" for "--add-host" flag: bad format '
+                              f'for add-host: "{text}"') from None
+    return f"{host}:{ip}"
 
 
 def _restart_policy(text: str) -> dict[str, Any]:
@@ -179,6 +199,7 @@ def create(engine: Engine, opts: RunOptions, warnings: list[str] | None = None,
         "ReadonlyRootfs": opts.read_only, "SecurityOpt": opts.security_opt or None,
         "Tmpfs": _tmpfs_map(opts.tmpfs) or None, "Ulimits": _ulimits(opts.ulimits) or None,
         "Init": opts.init or None, "Runtime": opts.runtime,
+        "ExtraHosts": [_extra_host(h) for h in opts.extra_hosts] or None,
         **resource_config(opts, warns),
     }
     if opts.auto_remove and host_config["RestartPolicy"]["Name"] != "no":

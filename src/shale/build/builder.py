@@ -80,6 +80,7 @@ class BuildOptions:
     platform: str = ""
     session: Session | None = None  # --secret, --ssh
     pull: bool = False               # --pull: fetch every base image anew
+    run_options: dict[str, Any] = field(default_factory=dict)  # RUN containers' limits...
 
 
 @record

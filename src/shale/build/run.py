@@ -24,14 +24,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shale.build.imaging import image_view
 from shale.build.runspec import PIPES, Command, MountSpec
 from shale.errors import DockerfileError
 from shale.fileutil import scratch
 from shale.images import Image, LayerRecord
-from shale.record import record
+from shale.record import field, record
 
 if TYPE_CHECKING:
     from shale.build.context import Context
@@ -52,6 +52,7 @@ class RunRequest:
     quiet: bool = False
     adopt: bool = False          # the container is removed after: reuse its layer dir
     session: Session | None = None  # build --secret / --ssh
+    options: dict[str, Any] = field(default_factory=dict)  # build --memory, --add-host...
 
 
 @record
@@ -200,7 +201,7 @@ def _run_container(engine: Engine, req: RunRequest, volumes: list[str], tmpfs: l
 
     opts = RunOptions(image=req.parent.id.value, cmd=req.command.argv, entrypoint="",
                       env=env, network=req.network or "default",  # docker's: the bridge
-                      volumes=volumes, tmpfs=tmpfs, attach_stdio=True)
+                      volumes=volumes, tmpfs=tmpfs, attach_stdio=True, **req.options)
     c = create(engine, opts)
     if not req.quiet:
         print(f" ---> Running in {c.short_id}", flush=True)

@@ -347,7 +347,7 @@ def run(b: Builder, st: StageState, instr: Instruction) -> None:
     req = RunRequest(st.image, cmd, [f"{k}={v}" for k, v in {**allowed, **proxies}.items()],
                      network, st.config.get("WorkingDir") or "", mounts, b.ctx,
                      lambda ref: b.stage_image(ref, st), b.opts.quiet, adopt=b.opts.rm,
-                     session=b.opts.session)
+                     session=b.opts.session, options=b.opts.run_options)
     res = execute(b.engine, req)
     if res.code != 0:
         # a kept container would keep a secret variable in its config: not that one

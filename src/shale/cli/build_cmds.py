@@ -38,6 +38,21 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--platform", default="")
     p.add_argument("-o", "--output", default=None, metavar="DIR|-|type=...,dest=...",
                    help="also export: a directory, a tar, or an archive (BuildKit's -o)")
+    # what RUN steps' containers get, as docker's builder passes them on
+    p.add_argument("--add-host", action="append", default=[], metavar="HOST:IP")
+    p.add_argument("--ulimit", action="append", default=[])
+    p.add_argument("-m", "--memory", default="")
+    p.add_argument("--memory-swap", default="")
+    p.add_argument("-c", "--cpu-shares", default="")
+    p.add_argument("--cpuset-cpus", default="")
+    p.add_argument("--cpu-period", default="")
+    p.add_argument("--cpu-quota", default="")
+    # accepted for docker's command lines, nothing to do here (one store, no daemon)
+    p.add_argument("--cache-from", action="append", default=[], help=argparse.SUPPRESS)
+    p.add_argument("--isolation", default="", help=argparse.SUPPRESS)
+    docker_bool(p, "--load", default=False)
+    docker_bool(p, "--compress", default=False)
+    docker_bool(p, "--disable-content-trust", default=True)
     p.add_argument("--secret", action="append", default=[],
                    help="id=ID[,src=PATH|env=VAR]: for RUN --mount=type=secret")
     p.add_argument("--ssh", action="append", default=[],
@@ -61,6 +76,31 @@ def _session(ns: argparse.Namespace) -> Session | None:
 
     return Session({(s := parse_secret(x)).id: s for x in ns.secret},
                    dict(parse_ssh(x) for x in ns.ssh))
+
+
+def _run_options(ns: argparse.Namespace) -> dict[str, Any]:
+    """The RUN containers' limits and extra hosts, parsed as ``run`` parses them."""
+    from shale.cli.run_cmds import _limits
+    from shale.container_ops import _extra_host
+
+    cpus = ""
+    if ns.cpu_quota and ns.cpu_period:
+        from fractions import Fraction
+
+        try:
+            cpus = str(float(Fraction(int(ns.cpu_quota), int(ns.cpu_period))))
+        except (ValueError, ZeroDivisionError):
+            raise InvalidArgument(f"invalid --cpu-quota/--cpu-period: {ns.cpu_quota}/"
+                                  f"{ns.cpu_period}") from None
+    out = _limits(argparse.Namespace(**{**vars(ns), "cpus": cpus, "pids_limit": ""}))
+    out = {k: v for k, v in out.items() if v}
+    for h in ns.add_host:
+        _extra_host(h)  # a bad one fails before any step
+    if ns.add_host:
+        out["extra_hosts"] = list(ns.add_host)
+    if ns.ulimit:
+        out["ulimits"] = list(ns.ulimit)
+    return out
 
 
 def cmd_build(engine: Engine, ns: argparse.Namespace) -> int:
@@ -115,7 +155,7 @@ def _build(engine: Engine, ns: argparse.Namespace, out: Output | None,
                             force_rm=ns.force_rm,
                             explain=ns.explain or ns.progress == "plain",
                             platform=ns.platform, session=_session(ns),
-                            pull=ns.pull)
+                            pull=ns.pull, run_options=_run_options(ns))
         try:
             image = Builder(engine, ctx, df, opts).build()
         except BuildFailed as e:

@@ -50,6 +50,7 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--security-opt", action="append", default=[])
     p.add_argument("--network", "--net", default="default")
     p.add_argument("--network-alias", "--net-alias", action="append", default=[])
+    p.add_argument("--add-host", action="append", default=[], metavar="HOST:IP")
     p.add_argument("-p", "--publish", action="append", default=[])
     p.add_argument("-P", "--publish-all", action="store_true")
     p.add_argument("--expose", action="append", default=[])
@@ -217,6 +218,7 @@ def _options(ns: argparse.Namespace) -> Any:
         cap_add=ns.cap_add, cap_drop=ns.cap_drop, security_opt=ns.security_opt,
         network=ns.network, publish=ns.publish, publish_all=ns.publish_all,
         expose=ns.expose, network_aliases=ns.network_alias, labels=labels, runtime=ns.runtime,
+        extra_hosts=ns.add_host,
         attach_stdio=not getattr(ns, "detach", False), **_limits(ns))
 
 

@@ -155,7 +155,8 @@ def setup(c: Container, p: Plan, bound: list[Bound], sandbox_id: str) -> dict[st
                              "hostname": c.config.get("Hostname") or c.short_id,
                              "netns": "", "owns_netns": False, "endpoints": {},
                              "ports": [b.binding.to_json() for b in bound],
-                             "exposed": p.exposed, "rules": False, "dir": str(c.dir)}
+                             "exposed": p.exposed, "rules": False, "dir": str(c.dir),
+                             "extra_hosts": list(c.host_config.get("ExtraHosts") or [])}
     try:
         if p.bridged:
             _setup_bridged(c, p, bound, state)
@@ -165,6 +166,7 @@ def setup(c: Container, p: Plan, bound: list[Bound], sandbox_id: str) -> dict[st
                                       for net, _ in p.networks}
         elif p.mode == "container":
             _setup_shared(c, p, state)
+        state["extra_hosts"] = hosts.resolve_gateway(state["extra_hosts"], state)
         _write_etc(c, state)
         atomic_write(state_path(c.dir), json.dumps(state).encode(), durable=False)
         for ep in state["endpoints"].values():
@@ -262,9 +264,9 @@ def _write_etc(c: Container, state: dict[str, Any]) -> None:
     if mode == "container":
         return  # the other container's files are mounted
     if mode == "host":
-        text = _read("/etc/hosts", hosts.LOCALHOST)
+        text = _read("/etc/hosts", hosts.LOCALHOST) + hosts.extra_lines(state)
     elif mode == "none":
-        text = hosts.LOCALHOST + f"127.0.1.1\t{state['hostname']}\n"
+        text = hosts.LOCALHOST + hosts.extra_lines(state) + f"127.0.1.1\t{state['hostname']}\n"
     else:
         text = hosts.hosts_for(state)
     hosts.write_in_place(c.dir / "hosts", text)

@@ -30,8 +30,9 @@ DEFAULT_DNS = ("8.8.8.8", "8.8.4.4")
 RESOLVED_UPSTREAM = "/run/systemd/resolve/resolv.conf"
 
 
-def render(hostname: str, own_ip: str, peers: list[tuple[str, ipam.Holder]]) -> str:
-    text = LOCALHOST + (f"{own_ip}\t{hostname}\n" if own_ip else "")
+def render(hostname: str, own_ip: str, peers: list[tuple[str, ipam.Holder]],
+           extra: str = "") -> str:
+    text = LOCALHOST + extra + (f"{own_ip}\t{hostname}\n" if own_ip else "")
     for ip, h in peers:
         names = [h.name, h.id[:12], *h.aliases]
         text += f"{ip}\t{' '.join(dict.fromkeys(n for n in names if n))}\n"
@@ -68,7 +69,32 @@ def hosts_for(state: dict[str, Any]) -> str:
     for ep in eps.values():
         if ep.get("resolve") and ep.get("bridge"):
             peers += ipam.members(ep["bridge"])
-    return render(state.get("hostname", ""), own, peers)
+    return render(state.get("hostname", ""), own, peers, extra_lines(state))
+
+
+def extra_lines(state: dict[str, Any]) -> str:
+    """``--add-host`` entries, after the localhost block as docker writes them."""
+    out = ""
+    for entry in state.get("extra_hosts") or []:
+        host, _, ip = entry.partition(":")
+        out += f"{ip}\t{host}\n"
+    return out
+
+
+def resolve_gateway(entries: list[str], state: dict[str, Any]) -> list[str]:
+    """``host-gateway``: the address of the host on the container's network (its first
+    bridge's gateway; for host/none networking, the default bridge's)."""
+    if not any(e.endswith(":host-gateway") for e in entries):
+        return entries
+    gw = next((ep.get("gateway") for ep in (state.get("endpoints") or {}).values()
+               if ep.get("gateway")), "")
+    if not gw:  # host/none networking: the default bridge's address is the host's too
+        from shale.network.bridge import DEFAULT_BRIDGE, load
+
+        cfg = load(DEFAULT_BRIDGE)
+        gw = cfg.gateway if cfg is not None else "127.0.0.1"
+    return [e.rpartition(":")[0] + ":" + gw if e.endswith(":host-gateway") else e
+            for e in entries]
 
 
 def rewrite(cdir: str | Path) -> None:
