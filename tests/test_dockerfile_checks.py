@@ -90,3 +90,29 @@ def test_the_build_reports_or_fails(cli: Cli, tmp_path: Path, busybox_tar: Path)
     assert cli("image", "inspect", "strict").code != 0
     res = cli("build", "-q", "--build-arg", "BUILDKIT_DOCKERFILE_CHECK=skip=all", str(ctx))
     assert res.code == 0 and res.err == ""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="builds need root")
+def test_undefined_vars_are_found_while_building(cli: Cli, tmp_path: Path,
+                                                 busybox_tar: Path) -> None:
+    cli.ok("import", str(busybox_tar), "busybox")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "x").write_text("x")
+    (ctx / "Dockerfile").write_text(
+        "FROM busybox\nARG DECLARED\nENV A=1\nCOPY x$foo /x/\nENV PATH=$PAHT:/x\n"
+        "WORKDIR /${DECLARED}w\nLABEL l=${NOPE:-d} m=$A\nRUN echo $SHELL_ONLY\n"
+        "USER ${TARGETARCH}\n")
+    res = cli("build", "-t", "uv", str(ctx))
+    assert res.code == 0, res
+    assert res.err.splitlines() == [
+        "2 warnings found:",
+        " - UndefinedVar: Usage of undefined variable '$foo' (line 4)",
+        " - UndefinedVar: Usage of undefined variable '$PAHT' (line 5)"]
+    # found in the cached rebuild too; with error=true the image is not tagged
+    assert cli("build", str(ctx)).err.count("UndefinedVar") == 2
+    (ctx / "Dockerfile").write_text("# check=error=true\nFROM busybox\nCOPY x$foo /x/\n")
+    res = cli("build", "-t", "strict", str(ctx))
+    assert res.code == 1 and "Dockerfile:3: lint violation found for rules: UndefinedVar" \
+        in res.err
+    assert cli("image", "inspect", "strict").code != 0

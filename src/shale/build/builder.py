@@ -26,7 +26,7 @@ from shale import oci
 from shale.build import imaging
 from shale.build.cache import CacheIndex, StepInputs
 from shale.build.context import Context
-from shale.dockerfile import Dockerfile, Instruction, Lexer, Stage
+from shale.dockerfile import Dockerfile, Instruction, Stage
 from shale.errors import DockerfileError, InvalidArgument, NotFound, ShaleError
 from shale.images import Image, LayerRecord
 from shale.record import field, record
@@ -115,7 +115,9 @@ class Builder:
         self.ctx = ctx
         self.df = df
         self.opts = opts
-        self.lex = Lexer(df.escape)
+        from shale.dockerfile.checks import VarLexer
+
+        self.lex = VarLexer(df.escape)
         self.index = CacheIndex(engine)
         self.built: dict[int, StageState] = {}
         self.consumed: set[str] = set()
@@ -184,6 +186,10 @@ class Builder:
         if unused:
             self.say(f"[Warning] One or more build-args [{' '.join(unused)}] were not "
                      "consumed")
+        late = [] if cfg.skip_all or "UndefinedVar" in cfg.skip else list(self.lex.found.values())
+        if late and cfg.error:  # known only now: the image is built, but not tagged
+            raise checks.failure(self.df.filename, late)
+        found = sorted(found + late, key=lambda v: v.line)
         if found and not self.opts.quiet:  # BuildKit's build checks, after the build
             print(checks.report(found), file=sys.stderr, flush=True)
         self.index.prune()
@@ -340,6 +346,8 @@ class Builder:
 
         if counted:
             self._count(instr.original)
+        self.lex.current = instr
+        self.lex.known = set(st.declared) | PROXY_ARGS
         try:
             steps.dispatch(self, st, instr)
         except BuildFailed:
@@ -349,6 +357,8 @@ class Builder:
             if not text.startswith((f"{self.df.filename}:", "ONBUILD")):
                 text = f"{self.where(instr)}: {text}"
             raise DockerfileError(text) from None
+        finally:
+            self.lex.current = None
 
     def env(self, st: StageState) -> dict[str, str]:
         """What builder-side expansion sees: the stage's ARGs, overridden by its ENV."""

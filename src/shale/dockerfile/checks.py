@@ -2,8 +2,9 @@
 static rules, with BuildKit's names and messages. Pure functions over a parsed Dockerfile;
 the builder prints the warnings after the build, or fails before it with ``error=true``.
 
-Not here: the rules that need the build itself (UndefinedVar, InvalidBaseImagePlatform,
-CopyIgnoredFile) and the experimental InvalidDefinitionDescription.
+UndefinedVar needs the build's variables: ``VarLexer`` records it as the builder expands
+words. Not here: InvalidBaseImagePlatform, CopyIgnoredFile and the experimental
+InvalidDefinitionDescription.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 from collections import Counter
 
 from shale.dockerfile.parser import Dockerfile, Instruction
+from shale.dockerfile.shell import Env, Expansion, Lexer
 from shale.errors import DockerfileError
 from shale.record import record
 
@@ -197,3 +199,30 @@ def _one(instr: Instruction, custom_shell: bool, absolute_workdir: bool) -> list
 def _looks_secret(name: str) -> bool:
     words = name.lower().split("_")
     return "public" not in words and any(w in _SECRET_WORDS for w in words)
+
+
+# ---- UndefinedVar, as the build expands words ----------------------------------------------
+_DEFAULTED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):?[-+?]")
+
+
+class VarLexer(Lexer):
+    """The builder's lexer: a variable that was looked up and not found while an
+    instruction is ``current`` (and is not one the stage ``known``s: declared ARGs without
+    a value, the automatic ones) is an UndefinedVar. One with a default (``${v:-x}``) is
+    not: the Dockerfile says what happens then."""
+
+    def __init__(self, escape: str) -> None:
+        super().__init__(escape)
+        self.current: Instruction | None = None
+        self.known: set[str] = set()
+        self.found: dict[tuple[int, str], Violation] = {}
+
+    def process(self, word: str, env: Env) -> Expansion:
+        exp = super().process(word, env)
+        if self.current is not None and exp.unmatched:
+            defaulted = set(_DEFAULTED.findall(word))
+            for name in sorted(exp.unmatched - self.known - defaulted - PLATFORM_ARGS):
+                line = self.current.line
+                self.found.setdefault((line, name), Violation(
+                    "UndefinedVar", f"Usage of undefined variable '${name}'", line))
+        return exp
