@@ -72,22 +72,22 @@ class RunOptions:
     pids_limit: int = 0      # <= 0: unlimited
 
 
-def _extra_host(text: str) -> str:
+def parse_extra_host(text: str) -> str:
     """``--add-host HOST:IP`` (or ``HOST=IP``; IP may be ``host-gateway``), as docker checks
     it; kept as ``HOST:IP``."""
     import ipaddress
 
-    sep = "=" if "=" in text else ":"
-    host, _, ip = text.partition(sep)
+    host, _, ip = text.partition("=" if "=" in text else ":")
     ip = ip.strip("[]")
-    try:
-        if not host or (ip != "host-gateway" and not ipaddress.ip_address(ip)):
-            raise ValueError
-    except ValueError:
-        raise InvalidArgument(f'invalid argument "{text}" for "--add-host" flag: invalid IP '
-                              f'address in add-host: "{ip}"' if host and ip else
-                              f'invalid argument "{text}" for "--add-host" flag: bad format '
-                              f'for add-host: "{text}"') from None
+    if not host or not ip:
+        raise InvalidArgument(f'invalid argument "{text}" for "--add-host" flag: bad format '
+                              f'for add-host: "{text}"')
+    if ip != "host-gateway":
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise InvalidArgument(f'invalid argument "{text}" for "--add-host" flag: invalid '
+                                  f'IP address in add-host: "{ip}"') from None
     return f"{host}:{ip}"
 
 
@@ -199,7 +199,7 @@ def create(engine: Engine, opts: RunOptions, warnings: list[str] | None = None,
         "ReadonlyRootfs": opts.read_only, "SecurityOpt": opts.security_opt or None,
         "Tmpfs": _tmpfs_map(opts.tmpfs) or None, "Ulimits": _ulimits(opts.ulimits) or None,
         "Init": opts.init or None, "Runtime": opts.runtime,
-        "ExtraHosts": [_extra_host(h) for h in opts.extra_hosts] or None,
+        "ExtraHosts": [parse_extra_host(h) for h in opts.extra_hosts] or None,
         **resource_config(opts, warns),
     }
     if opts.auto_remove and host_config["RestartPolicy"]["Name"] != "no":

@@ -186,7 +186,7 @@ class Builder:
         if unused:
             self.say(f"[Warning] One or more build-args [{' '.join(unused)}] were not "
                      "consumed")
-        late = [] if cfg.skip_all or "UndefinedVar" in cfg.skip else list(self.lex.found.values())
+        late = checks.select(list(self.lex.found.values()), cfg)
         if late and cfg.error:  # known only now: the image is built, but not tagged
             raise checks.failure(self.df.filename, late)
         found = sorted(found + late, key=lambda v: v.line)
@@ -284,8 +284,6 @@ class Builder:
     def _base_image(self, instr: Instruction, name: str) -> Image:
         """The stage's base from the store, pulled from its registry when it is not there
         (or always, with ``--pull``), as docker's builder does."""
-        from shale.errors import ShaleError
-
         try:
             return self._image(name)
         except ShaleError as e:
@@ -430,8 +428,6 @@ class Builder:
                     return self.built[s.index].image
                 raise DockerfileError(f"invalid from flag value {ref}: stage {s.index} is "
                                       "defined after this one")
-        from shale.errors import ShaleError
-
         try:
             return self._image(ref)
         except ShaleError as e:

@@ -225,15 +225,11 @@ def plan_layer(plan: CopyPlan, view: Path | None) -> _Layer:
                 rel = posixpath.relpath(s.rel, src.rel) if src.rel else s.rel
                 layer.add(posixpath.join(base, rel) if base else rel, s, inodes)
         else:
-            arc = posixpath.join(base, src.name) if dest_is_dir else base
-            layer.mkdirs(posixpath.dirname(arc))
-            layer.add(arc, src)
+            _add_file(layer, src, base, dest_is_dir)
     for src in plan.remote:
         if dest_is_dir and not src.name:
             raise DockerfileError(f"cannot determine filename for source {src.rel or '/'}")
-        arc = posixpath.join(base, src.name) if dest_is_dir else base
-        layer.mkdirs(posixpath.dirname(arc))
-        layer.add(arc, src)
+        _add_file(layer, src, base, dest_is_dir)
     for doc in plan.inline:
         arc = posixpath.join(base, doc.name.strip("/")) if dest_is_dir else base
         layer.mkdirs(posixpath.dirname(arc))
@@ -241,6 +237,14 @@ def plan_layer(plan: CopyPlan, view: Path | None) -> _Layer:
         mode = plan.chmod(0o644, False) if plan.chmod else 0o644
         layer.entries[arc] = _Entry(tw.REG, mode, uid, gid, 0, len(doc.data), data=doc.data)
     return layer
+
+
+def _add_file(layer: _Layer, src: Source, base: str, dest_is_dir: bool) -> None:
+    """A single (non-directory) source: into the destination directory under its own
+    name, or as the destination itself."""
+    arc = posixpath.join(base, src.name) if dest_is_dir else base
+    layer.mkdirs(posixpath.dirname(arc))
+    layer.add(arc, src)
 
 
 def _place(layer: _Layer, plan: CopyPlan, src: Source, base: str) -> None:

@@ -52,12 +52,14 @@ def fetch(url: str, tmpdir: Path, checksum: str = "") -> Download:
         d = Path(os.path.join(tmpdir, str(len(os.listdir(tmpdir)))))
         d.mkdir()
         path = d / (name or "__unnamed__")
-        h, sha = hashlib.new(algo), hashlib.sha256()
+        sha = hashlib.sha256()
+        h = sha if algo == "sha256" else hashlib.new(algo)  # --checksum's, often the same
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             for chunk in resp.iter_bytes():
-                h.update(chunk)
                 sha.update(chunk)
+                if h is not sha:
+                    h.update(chunk)
                 os.write(fd, chunk)
         except httpclient.TransportError as e:
             raise DockerfileError(f"ADD {url}: download failed: {e}") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -109,8 +110,6 @@ def parse_ssh(spec: str) -> tuple[str, str]:
     paths = path.split(",")
     if len(paths) != 1:
         raise InvalidArgument(f"--ssh {spec}: one agent socket per id")
-    import stat
-
     try:
         mode = os.stat(paths[0]).st_mode
     except OSError as e:

@@ -80,8 +80,8 @@ def _session(ns: argparse.Namespace) -> Session | None:
 
 def _run_options(ns: argparse.Namespace) -> dict[str, Any]:
     """The RUN containers' limits and extra hosts, parsed as ``run`` parses them."""
-    from shale.cli.run_cmds import _limits
-    from shale.container_ops import _extra_host
+    from shale.cli.run_cmds import parse_limits
+    from shale.container_ops import parse_extra_host
 
     cpus = ""
     if ns.cpu_quota and ns.cpu_period:
@@ -92,12 +92,10 @@ def _run_options(ns: argparse.Namespace) -> dict[str, Any]:
         except (ValueError, ZeroDivisionError):
             raise InvalidArgument(f"invalid --cpu-quota/--cpu-period: {ns.cpu_quota}/"
                                   f"{ns.cpu_period}") from None
-    out = _limits(argparse.Namespace(**{**vars(ns), "cpus": cpus, "pids_limit": ""}))
+    out = parse_limits(argparse.Namespace(**{**vars(ns), "cpus": cpus, "pids_limit": ""}))
     out = {k: v for k, v in out.items() if v}
-    for h in ns.add_host:
-        _extra_host(h)  # a bad one fails before any step
-    if ns.add_host:
-        out["extra_hosts"] = list(ns.add_host)
+    if ns.add_host:  # a bad one fails before any step
+        out["extra_hosts"] = [parse_extra_host(h) for h in ns.add_host]
     if ns.ulimit:
         out["ulimits"] = list(ns.ulimit)
     return out

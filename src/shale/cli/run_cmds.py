@@ -166,7 +166,7 @@ def ram_in_bytes(text: str) -> int:
     return int(size * 1024 ** power)
 
 
-def _limits(ns: argparse.Namespace) -> dict[str, Any]:
+def parse_limits(ns: argparse.Namespace) -> dict[str, Any]:
     """docker's client-side parsing of the limit flags (MemBytes, MemSwapBytes, NanoCPUs,
     int64), with its messages."""
     out: dict[str, Any] = {"cpuset_cpus": ns.cpuset_cpus}
@@ -219,7 +219,7 @@ def _options(ns: argparse.Namespace) -> Any:
         network=ns.network, publish=ns.publish, publish_all=ns.publish_all,
         expose=ns.expose, network_aliases=ns.network_alias, labels=labels, runtime=ns.runtime,
         extra_hosts=ns.add_host,
-        attach_stdio=not getattr(ns, "detach", False), **_limits(ns))
+        attach_stdio=not getattr(ns, "detach", False), **parse_limits(ns))
 
 
 def _create(engine: Engine, ns: argparse.Namespace, pending: Pending | None = None

@@ -65,10 +65,16 @@ def config(directive: str, override: str | None = None) -> CheckConfig:
 
 
 def run(df: Dockerfile, cfg: CheckConfig) -> list[Violation]:
-    """Every violation the configuration does not skip, in line order."""
+    """Every static violation the configuration does not skip, in line order."""
     if cfg.skip_all:
         return []
-    found = _casing(df) + _stages(df) + _instructions(df)
+    return select(_casing(df) + _stages(df) + _instructions(df), cfg)
+
+
+def select(found: list[Violation], cfg: CheckConfig) -> list[Violation]:
+    """The violations ``cfg`` does not skip, in line order."""
+    if cfg.skip_all:
+        return []
     return sorted((w for w in found if w.rule not in cfg.skip), key=lambda w: w.line)
 
 
